@@ -1,0 +1,1 @@
+"""Checkpoints: the manifest format, the local store and its lock."""

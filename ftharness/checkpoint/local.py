@@ -1,0 +1,263 @@
+"""Committed checkpoints in a local directory: list, commit, load, retain.
+
+Commit protocol (the only place a checkpoint becomes visible):
+1. write every data file into a temporary sibling `.tmp-ckpt-...`, fsync each;
+2. write `manifest.json` last, fsync it, fsync the temporary directory;
+3. rename the temporary directory to `ckpt-<step>` and fsync the parent.
+A crash before 3 leaves only a `.tmp-` directory, which readers ignore and the
+next writer removes. Deletion runs the other way round: rename away first, so
+a half-deleted checkpoint is never mistaken for a committed one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import time
+import zlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from ftharness.checkpoint.manifest import (
+    MANIFEST_NAME,
+    CorruptCheckpointError,
+    FileEntry,
+    Manifest,
+    WriterInfo,
+    checkpoint_name,
+    step_of,
+)
+
+log = logging.getLogger("ftharness.checkpoint")
+
+TEMPORARY_PREFIX = ".tmp-"
+QUARANTINE_PREFIX = "corrupt-"
+_READ_CHUNK = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """A committed checkpoint directory (its manifest not yet verified)."""
+
+    name: str
+    step: int
+    path: Path
+
+
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    """A checkpoint whose every file was read and verified against its manifest."""
+
+    ref: CheckpointRef
+    manifest: Manifest
+    files: dict[str, bytearray]
+
+
+class LocalCheckpointStore:
+    """The committed checkpoints under one local directory.
+
+    The store assumes its caller holds the directory's lock (see
+    `checkpoint.lock`) before it writes, deletes or cleans up.
+
+    Example::
+
+        store = LocalCheckpointStore(Path("backups"))
+        ref = store.commit(step=50, epoch=0, batch=49, files={"state.json": [b"{}"]},
+                           writer=WriterInfo.current("run-1"))
+        loaded = store.load(ref)
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    # -- reading -----------------------------------------------------------
+
+    def list_committed(self) -> list[CheckpointRef]:
+        """Directories that carry a manifest, oldest first."""
+        refs = []
+        try:
+            entries = list(os.scandir(self.directory))
+        except FileNotFoundError:
+            return []
+        for entry in entries:
+            step = step_of(entry.name)
+            if step is None or not entry.is_dir():
+                continue
+            if os.path.exists(os.path.join(entry.path, MANIFEST_NAME)):
+                refs.append(CheckpointRef(entry.name, step, Path(entry.path)))
+        return sorted(refs, key=lambda ref: ref.step)
+
+    def latest_step(self) -> int | None:
+        refs = self.list_committed()
+        return refs[-1].step if refs else None
+
+    def read_manifest(self, ref: CheckpointRef) -> Manifest:
+        try:
+            text = (ref.path / MANIFEST_NAME).read_text()
+        except (OSError, UnicodeDecodeError) as error:
+            raise CorruptCheckpointError(str(ref.path), f"manifest unreadable ({error})") from None
+        manifest = Manifest.from_json(text, str(ref.path))
+        if manifest.step != ref.step:
+            raise CorruptCheckpointError(
+                str(ref.path), f"manifest says step {manifest.step}, directory {ref.step}"
+            )
+        return manifest
+
+    def load(self, ref: CheckpointRef) -> LoadedCheckpoint:
+        """Read every file of `ref` into memory, verifying sizes and checksums."""
+        manifest = self.read_manifest(ref)
+        files = {}
+        for name, entry in manifest.files.items():
+            files[name] = _read_verified(ref.path / name, entry, str(ref.path))
+        return LoadedCheckpoint(ref, manifest, files)
+
+    def verify(self, ref: CheckpointRef) -> list[str]:
+        """Problems with `ref`, file by file; empty when it is intact."""
+        try:
+            manifest = self.read_manifest(ref)
+        except CorruptCheckpointError as error:
+            return [error.reason]
+        problems = []
+        for name, entry in manifest.files.items():
+            try:
+                _read_verified(ref.path / name, entry, str(ref.path), keep=False)
+            except CorruptCheckpointError as error:
+                problems.append(error.reason)
+        return problems
+
+    def load_latest(self) -> LoadedCheckpoint | None:
+        """The newest checkpoint that verifies.
+
+        A corrupt newer one is reported, moved aside under a `corrupt-` name
+        (kept for inspection, never deleted) and the previous one is used.
+        """
+        for ref in reversed(self.list_committed()):
+            try:
+                return self.load(ref)
+            except CorruptCheckpointError as error:
+                log.warning("%s; falling back to the previous checkpoint", error)
+                self._quarantine(ref)
+        return None
+
+    # -- writing (caller holds the directory lock) ---------------------------
+
+    def commit(
+        self,
+        *,
+        step: int,
+        epoch: int,
+        batch: int,
+        files: Mapping[str, Iterable[bytes | memoryview]],
+        writer: WriterInfo,
+    ) -> CheckpointRef:
+        """Write `files` and commit them as checkpoint `step`, atomically."""
+        name = checkpoint_name(step)
+        final = self.directory / name
+        temporary = self.directory / f"{TEMPORARY_PREFIX}{name}-{os.getpid()}-{secrets.token_hex(3)}"
+        temporary.mkdir(parents=True)
+        try:
+            entries = {
+                file_name: _write_file(temporary / file_name, chunks)
+                for file_name, chunks in files.items()
+            }
+            manifest = Manifest(step=step, epoch=epoch, batch=batch, files=entries, writer=writer)
+            _write_file(temporary / MANIFEST_NAME, [manifest.to_json().encode()])
+            _fsync_directory(temporary)
+            if final.exists():
+                # Same step committed before (a final save right after a
+                # periodic one, or a resumed attempt): the state is the same.
+                log.debug("checkpoint %s already committed; keeping it", name)
+                shutil.rmtree(temporary)
+                return CheckpointRef(name, step, final)
+            os.rename(temporary, final)
+            _fsync_directory(self.directory)
+        except BaseException:
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise
+        return CheckpointRef(name, step, final)
+
+    def apply_retention(self, keep: int) -> list[CheckpointRef]:
+        """Delete all but the newest `keep` committed checkpoints; returns the deleted."""
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        doomed = self.list_committed()[:-keep]
+        for ref in doomed:
+            self.delete(ref)
+        return doomed
+
+    def remove_stale_temporaries(self) -> list[str]:
+        """Remove what interrupted writes and deletions left; returns their names."""
+        removed = []
+        try:
+            entries = list(os.scandir(self.directory))
+        except FileNotFoundError:
+            return removed
+        for entry in entries:
+            if entry.name.startswith(TEMPORARY_PREFIX) and entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed.append(entry.name)
+        return removed
+
+    def delete(self, ref: CheckpointRef) -> None:
+        """Remove a committed checkpoint (renamed away first: never half-visible)."""
+        doomed = self.directory / f"{TEMPORARY_PREFIX}delete-{ref.name}-{secrets.token_hex(3)}"
+        os.rename(ref.path, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+
+    def _quarantine(self, ref: CheckpointRef) -> None:
+        target = self.directory / f"{QUARANTINE_PREFIX}{ref.name}-{int(time.time())}"
+        try:
+            os.rename(ref.path, target)
+            log.warning("moved the corrupt checkpoint aside to %s", target)
+        except OSError as error:
+            log.warning("could not move the corrupt checkpoint %s aside: %s", ref.path, error)
+
+
+def _write_file(path: Path, chunks: Iterable[bytes | memoryview]) -> FileEntry:
+    size = 0
+    crc = 0
+    with open(path, "wb") as file:
+        for chunk in chunks:
+            file.write(chunk)
+            crc = zlib.crc32(chunk, crc)
+            size += len(memoryview(chunk).cast("B"))
+        file.flush()
+        os.fsync(file.fileno())
+    return FileEntry(size=size, crc32=crc)
+
+
+def _read_verified(path: Path, entry: FileEntry, location: str, keep: bool = True) -> bytearray:
+    try:
+        actual_size = path.stat().st_size
+    except OSError:
+        raise CorruptCheckpointError(location, f"{path.name} is missing") from None
+    if actual_size != entry.size:
+        raise CorruptCheckpointError(
+            location, f"{path.name} has {actual_size} bytes, manifest says {entry.size}"
+        )
+    buffer = bytearray(entry.size if keep else min(entry.size, _READ_CHUNK))
+    view = memoryview(buffer)
+    crc = 0
+    with open(path, "rb", buffering=0) as file:
+        offset = 0
+        while offset < entry.size:
+            target = view[offset:] if keep else view
+            count = file.readinto(target[: min(len(target), _READ_CHUNK)])
+            if not count:
+                break
+            crc = zlib.crc32(target[:count], crc)
+            offset += count
+    if crc != entry.crc32:
+        raise CorruptCheckpointError(location, f"{path.name} fails its checksum")
+    return buffer if keep else bytearray()
+
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

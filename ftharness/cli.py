@@ -1,0 +1,185 @@
+"""The `ftharness` command line: arguments -> config -> run -> exit code.
+
+This is the one place where errors become exit codes (see `exitcodes`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ftharness.checkpoint.local import LocalCheckpointStore
+from ftharness.checkpoint.lock import DirectoryLock, DirectoryLockedError
+from ftharness.config import (
+    RestartPolicyConfig,
+    SupervisorConfig,
+    is_local_url,
+    local_path,
+)
+from ftharness.exitcodes import DEFAULT_FATAL_EXIT_CODES, ExitCode
+from ftharness.logs import configure_logging
+from ftharness.supervisor import Supervisor
+
+log = logging.getLogger("ftharness.cli")
+
+
+class UsageError(Exception):
+    """Bad arguments or configuration: exit 64 with a one-line message."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, our exit code, not argparse's 2
+        raise UsageError(message)
+
+
+def _env(name: str, default):
+    return os.environ.get(f"FTHARNESS_{name}", default)
+
+
+def _exit_codes(text: str) -> frozenset[int]:
+    try:
+        codes = frozenset(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of exit codes: {text!r}") from None
+    if any(not 0 < code < 256 for code in codes):
+        raise argparse.ArgumentTypeError(f"exit codes must be in 1..255: {text!r}")
+    return codes
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="ftharness",
+        description="Fault-tolerance harness for training on preemptible machines.",
+    )
+    commands = parser.add_subparsers(dest="subcommand", metavar="COMMAND", parser_class=_Parser)
+    supervise = commands.add_parser(
+        "supervise",
+        help="run a training command, checkpoint on SIGTERM, restart on crashes",
+        description="Run CMD as the training worker: forward stop signals so it writes a final "
+        "checkpoint, restart it after crashes, resume from the last committed checkpoint. "
+        "Every option can also be set as FTHARNESS_<OPTION> (e.g. FTHARNESS_BACKUP_DIR).",
+        usage="ftharness supervise [options] -- CMD [ARG ...]",
+    )
+    supervise.add_argument("--backup-dir", default=_env("BACKUP_DIR", None), metavar="URL",
+                           help="where checkpoints are kept (a local path or file:// URL)")
+    supervise.add_argument("--local-dir", default=_env("LOCAL_DIR", None), metavar="PATH",
+                           help="local checkpoint directory (default: the backup dir when local)")
+    supervise.add_argument("--keep", type=int, default=int(_env("KEEP", 2)), metavar="N",
+                           help="committed checkpoints to keep (default: 2)")
+    supervise.add_argument("--grace-period", type=float, default=float(_env("GRACE_PERIOD", 30)),
+                           metavar="SECONDS",
+                           help="time between SIGTERM and SIGKILL from the platform (default: 30, "
+                           "Kubernetes' terminationGracePeriodSeconds)")
+    supervise.add_argument("--grace-margin", type=float, default=float(_env("GRACE_MARGIN", 5)),
+                           metavar="SECONDS",
+                           help="safety margin kept from the grace period (default: 5)")
+    supervise.add_argument("--max-restarts", type=int, default=int(_env("MAX_RESTARTS", 5)),
+                           metavar="N", help="crashes in a row without progress before giving up "
+                           "(default: 5)")
+    supervise.add_argument("--backoff-initial", type=float,
+                           default=float(_env("BACKOFF_INITIAL", 1.0)), metavar="SECONDS",
+                           help="delay before the first restart (default: 1)")
+    supervise.add_argument("--backoff-max", type=float, default=float(_env("BACKOFF_MAX", 60.0)),
+                           metavar="SECONDS", help="longest delay between restarts (default: 60)")
+    supervise.add_argument("--fatal-exit-codes", type=_exit_codes,
+                           default=_exit_codes(_env("FATAL_EXIT_CODES", ",".join(
+                               str(int(c)) for c in sorted(DEFAULT_FATAL_EXIT_CODES)))),
+                           metavar="LIST",
+                           help="worker exit codes never retried (default: 64,65,73)")
+    supervise.add_argument("--run-id", default=_env("RUN_ID", None),
+                           help="name of this run in logs and checkpoints (default: random)")
+    supervise.add_argument("--log-format", choices=("text", "json"), default=_env("LOG_FORMAT", "text"))
+    supervise.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"),
+                           choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    supervise.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD",
+                           help="the training command")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as error:
+        return _usage_error(str(error))
+    except ValueError as error:  # a malformed FTHARNESS_* default
+        return _usage_error(str(error))
+    if args.subcommand == "supervise":
+        return run_supervise(args)
+    build_parser().print_help(sys.stderr)
+    return ExitCode.USAGE_ERROR
+
+
+def run_supervise(args: argparse.Namespace) -> int:
+    configure_logging(args.log_format, args.log_level)
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        return _usage_error("no command given after --; usage: ftharness supervise [options] -- CMD")
+    if not args.backup_dir:
+        return _usage_error("--backup-dir (or FTHARNESS_BACKUP_DIR) is required")
+    if not is_local_url(args.backup_dir) and not args.local_dir:
+        return _usage_error(
+            f"{args.backup_dir}: only local backup directories are supported in this version"
+        )
+    local_dir = Path(args.local_dir) if args.local_dir else local_path(args.backup_dir)
+    try:
+        config = SupervisorConfig(
+            command=tuple(command),
+            backup_url=args.backup_dir,
+            local_dir=local_dir,
+            run_id=args.run_id or secrets.token_hex(4),
+            keep=args.keep,
+            grace_period=args.grace_period,
+            grace_margin=args.grace_margin,
+            restart=RestartPolicyConfig(
+                max_restarts=args.max_restarts,
+                backoff_initial=args.backoff_initial,
+                backoff_max=args.backoff_max,
+                fatal_exit_codes=args.fatal_exit_codes,
+            ),
+        )
+    except ValueError as error:
+        return _usage_error(str(error))
+
+    try:
+        lock = prepare_local_dir(config.local_dir, config.run_id)
+    except DirectoryLockedError as error:
+        log.error("%s", error, extra={"event": "locked"})
+        return ExitCode.BACKUP_DIR_LOCKED
+    except OSError as error:
+        log.error("backup directory %s is not usable: %s", config.local_dir, error.strerror or error,
+                  extra={"event": "backup_dir_unusable"})
+        return ExitCode.BACKUP_DIR_UNUSABLE
+    try:
+        result = Supervisor(config, lock).run()
+    finally:
+        lock.release()
+    return int(result.exit_code)
+
+
+def prepare_local_dir(directory: Path, run_id: str) -> DirectoryLock:
+    """Create and lock the local checkpoint directory, then clean up after crashes."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise PermissionError(13, "permission denied")
+    lock = DirectoryLock.acquire(directory, run_id=run_id, role="supervisor")
+    removed = LocalCheckpointStore(directory).remove_stale_temporaries()
+    if removed:
+        log.info("removed %d unfinished checkpoint write(s): %s", len(removed), ", ".join(removed),
+                 extra={"event": "stale_removed"})
+    return lock
+
+
+def _usage_error(message: str) -> int:
+    print(f"ftharness: error: {message}", file=sys.stderr)
+    return ExitCode.USAGE_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
