@@ -20,11 +20,11 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
 
-import ftharness.keras  # noqa: E402
+import ftharness.keras
 
 
 class PerBatchLearningRate(keras.callbacks.Callback):
@@ -106,8 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--save-freq", default="10", help="'epoch' or a number of batches")
-    parser.add_argument("--sleep", type=float, default=float(os.environ.get("BATCH_SLEEP", 0.1)),
-                        help="seconds to sleep after each batch (demo pacing)")
+    parser.add_argument(
+        "--sleep",
+        type=float,
+        default=float(os.environ.get("BATCH_SLEEP", 0.1)),
+        help="seconds to sleep after each batch (demo pacing)",
+    )
     parser.add_argument("--hidden-units", type=int, default=16)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--batch-log", help="append the global batch counter here after each batch")

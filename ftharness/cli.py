@@ -23,6 +23,12 @@ from ftharness.config import (
 )
 from ftharness.exitcodes import DEFAULT_FATAL_EXIT_CODES, ExitCode
 from ftharness.logs import configure_logging
+from ftharness.notices import (
+    AWS_DEFAULT_BASE_URL,
+    GCE_DEFAULT_BASE_URL,
+    NOTICE_KINDS,
+    NoticeConfig,
+)
 from ftharness.supervisor import Supervisor
 
 log = logging.getLogger("ftharness.cli")
@@ -45,7 +51,9 @@ def _exit_codes(text: str) -> frozenset[int]:
     try:
         codes = frozenset(int(part) for part in text.split(",") if part.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma-separated list of exit codes: {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"not a comma-separated list of exit codes: {text!r}"
+        ) from None
     if any(not 0 < code < 256 for code in codes):
         raise argparse.ArgumentTypeError(f"exit codes must be in 1..255: {text!r}")
     return codes
@@ -65,39 +73,114 @@ def build_parser() -> argparse.ArgumentParser:
         "Every option can also be set as FTHARNESS_<OPTION> (e.g. FTHARNESS_BACKUP_DIR).",
         usage="ftharness supervise [options] -- CMD [ARG ...]",
     )
-    supervise.add_argument("--backup-dir", default=_env("BACKUP_DIR", None), metavar="URL",
-                           help="where checkpoints are kept (a local path or file:// URL)")
-    supervise.add_argument("--local-dir", default=_env("LOCAL_DIR", None), metavar="PATH",
-                           help="local checkpoint directory (default: the backup dir when local)")
-    supervise.add_argument("--keep", type=int, default=int(_env("KEEP", 2)), metavar="N",
-                           help="committed checkpoints to keep (default: 2)")
-    supervise.add_argument("--grace-period", type=float, default=float(_env("GRACE_PERIOD", 30)),
-                           metavar="SECONDS",
-                           help="time between SIGTERM and SIGKILL from the platform (default: 30, "
-                           "Kubernetes' terminationGracePeriodSeconds)")
-    supervise.add_argument("--grace-margin", type=float, default=float(_env("GRACE_MARGIN", 5)),
-                           metavar="SECONDS",
-                           help="safety margin kept from the grace period (default: 5)")
-    supervise.add_argument("--max-restarts", type=int, default=int(_env("MAX_RESTARTS", 5)),
-                           metavar="N", help="crashes in a row without progress before giving up "
-                           "(default: 5)")
-    supervise.add_argument("--backoff-initial", type=float,
-                           default=float(_env("BACKOFF_INITIAL", 1.0)), metavar="SECONDS",
-                           help="delay before the first restart (default: 1)")
-    supervise.add_argument("--backoff-max", type=float, default=float(_env("BACKOFF_MAX", 60.0)),
-                           metavar="SECONDS", help="longest delay between restarts (default: 60)")
-    supervise.add_argument("--fatal-exit-codes", type=_exit_codes,
-                           default=_exit_codes(_env("FATAL_EXIT_CODES", ",".join(
-                               str(int(c)) for c in sorted(DEFAULT_FATAL_EXIT_CODES)))),
-                           metavar="LIST",
-                           help="worker exit codes never retried (default: 64,65,73)")
-    supervise.add_argument("--run-id", default=_env("RUN_ID", None),
-                           help="name of this run in logs and checkpoints (default: random)")
-    supervise.add_argument("--log-format", choices=("text", "json"), default=_env("LOG_FORMAT", "text"))
-    supervise.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"),
-                           choices=("DEBUG", "INFO", "WARNING", "ERROR"))
-    supervise.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD",
-                           help="the training command")
+    supervise.add_argument(
+        "--backup-dir",
+        default=_env("BACKUP_DIR", None),
+        metavar="URL",
+        help="where checkpoints are kept (a local path or file:// URL)",
+    )
+    supervise.add_argument(
+        "--local-dir",
+        default=_env("LOCAL_DIR", None),
+        metavar="PATH",
+        help="local checkpoint directory (default: the backup dir when local)",
+    )
+    supervise.add_argument(
+        "--keep",
+        type=int,
+        default=int(_env("KEEP", 2)),
+        metavar="N",
+        help="committed checkpoints to keep (default: 2)",
+    )
+    supervise.add_argument(
+        "--grace-period",
+        type=float,
+        default=float(_env("GRACE_PERIOD", 30)),
+        metavar="SECONDS",
+        help="time between SIGTERM and SIGKILL from the platform (default: 30, "
+        "Kubernetes' terminationGracePeriodSeconds)",
+    )
+    supervise.add_argument(
+        "--grace-margin",
+        type=float,
+        default=float(_env("GRACE_MARGIN", 5)),
+        metavar="SECONDS",
+        help="safety margin kept from the grace period (default: 5)",
+    )
+    supervise.add_argument(
+        "--max-restarts",
+        type=int,
+        default=int(_env("MAX_RESTARTS", 5)),
+        metavar="N",
+        help="crashes in a row without progress before giving up (default: 5)",
+    )
+    supervise.add_argument(
+        "--backoff-initial",
+        type=float,
+        default=float(_env("BACKOFF_INITIAL", 1.0)),
+        metavar="SECONDS",
+        help="delay before the first restart (default: 1)",
+    )
+    supervise.add_argument(
+        "--backoff-max",
+        type=float,
+        default=float(_env("BACKOFF_MAX", 60.0)),
+        metavar="SECONDS",
+        help="longest delay between restarts (default: 60)",
+    )
+    supervise.add_argument(
+        "--fatal-exit-codes",
+        type=_exit_codes,
+        default=_exit_codes(
+            _env(
+                "FATAL_EXIT_CODES", ",".join(str(int(c)) for c in sorted(DEFAULT_FATAL_EXIT_CODES))
+            )
+        ),
+        metavar="LIST",
+        help="worker exit codes never retried (default: 64,65,73)",
+    )
+    supervise.add_argument(
+        "--preemption-notice",
+        choices=NOTICE_KINDS,
+        default=_env("PREEMPTION_NOTICE", "none"),
+        help="poll the cloud's metadata server for preemption notices and ask "
+        "the worker for a checkpoint when one comes (default: none)",
+    )
+    supervise.add_argument(
+        "--notice-poll-interval",
+        type=float,
+        default=float(_env("NOTICE_POLL_INTERVAL", 5.0)),
+        metavar="SECONDS",
+        help="seconds between metadata polls (default: 5)",
+    )
+    supervise.add_argument(
+        "--gce-metadata-url",
+        default=_env("GCE_METADATA_URL", GCE_DEFAULT_BASE_URL),
+        metavar="URL",
+        help="metadata server base URL (default: the cloud's own)",
+    )
+    supervise.add_argument(
+        "--aws-metadata-url",
+        default=_env("AWS_METADATA_URL", AWS_DEFAULT_BASE_URL),
+        metavar="URL",
+        help="metadata server base URL (default: the cloud's own)",
+    )
+    supervise.add_argument(
+        "--run-id",
+        default=_env("RUN_ID", None),
+        help="name of this run in logs and checkpoints (default: random)",
+    )
+    supervise.add_argument(
+        "--log-format", choices=("text", "json"), default=_env("LOG_FORMAT", "text")
+    )
+    supervise.add_argument(
+        "--log-level",
+        default=_env("LOG_LEVEL", "INFO"),
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+    )
+    supervise.add_argument(
+        "command", nargs=argparse.REMAINDER, metavar="-- CMD", help="the training command"
+    )
     return parser
 
 
@@ -120,7 +203,9 @@ def run_supervise(args: argparse.Namespace) -> int:
     if command[:1] == ["--"]:
         command = command[1:]
     if not command:
-        return _usage_error("no command given after --; usage: ftharness supervise [options] -- CMD")
+        return _usage_error(
+            "no command given after --; usage: ftharness supervise [options] -- CMD"
+        )
     if not args.backup_dir:
         return _usage_error("--backup-dir (or FTHARNESS_BACKUP_DIR) is required")
     if not is_local_url(args.backup_dir) and not args.local_dir:
@@ -143,6 +228,12 @@ def run_supervise(args: argparse.Namespace) -> int:
                 backoff_max=args.backoff_max,
                 fatal_exit_codes=args.fatal_exit_codes,
             ),
+            notices=NoticeConfig(
+                kind=args.preemption_notice,
+                poll_interval=args.notice_poll_interval,
+                gce_base_url=args.gce_metadata_url,
+                aws_base_url=args.aws_metadata_url,
+            ),
         )
     except ValueError as error:
         return _usage_error(str(error))
@@ -153,8 +244,12 @@ def run_supervise(args: argparse.Namespace) -> int:
         log.error("%s", error, extra={"event": "locked"})
         return ExitCode.BACKUP_DIR_LOCKED
     except OSError as error:
-        log.error("backup directory %s is not usable: %s", config.local_dir, error.strerror or error,
-                  extra={"event": "backup_dir_unusable"})
+        log.error(
+            "backup directory %s is not usable: %s",
+            config.local_dir,
+            error.strerror or error,
+            extra={"event": "backup_dir_unusable"},
+        )
         return ExitCode.BACKUP_DIR_UNUSABLE
     try:
         result = Supervisor(config, lock).run()
@@ -167,12 +262,16 @@ def prepare_local_dir(directory: Path, run_id: str) -> DirectoryLock:
     """Create and lock the local checkpoint directory, then clean up after crashes."""
     directory.mkdir(parents=True, exist_ok=True)
     if not os.access(directory, os.W_OK | os.X_OK):
-        raise PermissionError(13, "permission denied")
+        raise PermissionError(13, "not writable")
     lock = DirectoryLock.acquire(directory, run_id=run_id, role="supervisor")
     removed = LocalCheckpointStore(directory).remove_stale_temporaries()
     if removed:
-        log.info("removed %d unfinished checkpoint write(s): %s", len(removed), ", ".join(removed),
-                 extra={"event": "stale_removed"})
+        log.info(
+            "removed %d unfinished checkpoint write(s): %s",
+            len(removed),
+            ", ".join(removed),
+            extra={"event": "stale_removed"},
+        )
     return lock
 
 

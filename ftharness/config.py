@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ftharness.exitcodes import DEFAULT_FATAL_EXIT_CODES
+from ftharness.notices import NoticeConfig
 
 # Set by the supervisor for the worker.
 ENV_CHECKPOINT_DIR = "FTHARNESS_CHECKPOINT_DIR"  # local checkpoint directory
@@ -20,7 +21,7 @@ ENV_BACKUP_URL = "FTHARNESS_BACKUP_URL"  # where backups are kept (may be remote
 ENV_RUN_ID = "FTHARNESS_RUN_ID"
 ENV_ATTEMPT = "FTHARNESS_ATTEMPT"  # 1 for the first launch
 ENV_KEEP = "FTHARNESS_KEEP"
-ENV_GRACE_PERIOD = "FTHARNESS_GRACE_PERIOD"  # seconds the worker has after SIGTERM
+ENV_STOP_BUDGET = "FTHARNESS_STOP_BUDGET"  # seconds the worker has after a stop signal
 ENV_LOCK_FD = "FTHARNESS_LOCK_FD"  # inherited descriptor holding the directory lock
 ENV_SUPERVISOR_PID = "FTHARNESS_SUPERVISOR_PID"
 
@@ -61,6 +62,7 @@ class SupervisorConfig:
     grace_period: float = 30.0
     grace_margin: float = 5.0
     restart: RestartPolicyConfig = field(default_factory=RestartPolicyConfig)
+    notices: NoticeConfig = field(default_factory=NoticeConfig)
     # How often the supervisor looks for newly committed checkpoints.
     watch_interval: float = 1.0
 
@@ -89,7 +91,7 @@ class WorkerEnvironment:
     run_id: str | None = None
     attempt: int = 1
     keep: int | None = None
-    grace_period: float | None = None
+    stop_budget: float | None = None
     lock_fd: int | None = None
     supervisor_pid: int | None = None
 
@@ -117,7 +119,7 @@ class WorkerEnvironment:
             run_id=environ.get(ENV_RUN_ID) or None,
             attempt=number(ENV_ATTEMPT, int) or 1,
             keep=number(ENV_KEEP, int),
-            grace_period=number(ENV_GRACE_PERIOD, float),
+            stop_budget=number(ENV_STOP_BUDGET, float),
             lock_fd=number(ENV_LOCK_FD, int),
             supervisor_pid=number(ENV_SUPERVISOR_PID, int),
         )
@@ -129,7 +131,7 @@ class WorkerEnvironment:
             ENV_RUN_ID: self.run_id,
             ENV_ATTEMPT: self.attempt,
             ENV_KEEP: self.keep,
-            ENV_GRACE_PERIOD: self.grace_period,
+            ENV_STOP_BUDGET: self.stop_budget,
             ENV_LOCK_FD: self.lock_fd,
             ENV_SUPERVISOR_PID: self.supervisor_pid,
         }

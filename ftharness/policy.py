@@ -24,7 +24,9 @@ class Outcome(str, enum.Enum):
     CRASHED = "crashed"  # anything else: non-zero exit, or a signal we did not send
 
 
-def classify(status: ExitStatus, *, stop_requested: bool, fatal_exit_codes: frozenset[int]) -> Outcome:
+def classify(
+    status: ExitStatus, *, stop_requested: bool, fatal_exit_codes: frozenset[int]
+) -> Outcome:
     if stop_requested:
         return Outcome.STOPPED
     if status.signal is None and status.code == 0:

@@ -114,10 +114,14 @@ def spawn_in_new_group(command: Sequence[str], env: Mapping[str, str]) -> int:
     except FileNotFoundError as error:
         raise CommandNotFound(error.errno, f"command not found: {command[0]}") from None
     except (PermissionError, IsADirectoryError) as error:
-        raise CommandNotExecutable(error.errno, f"cannot execute {command[0]}: permission denied") from None
+        raise CommandNotExecutable(
+            error.errno, f"cannot execute {command[0]}: permission denied"
+        ) from None
     except OSError as error:
         if error.errno == errno.ENOEXEC:
-            raise CommandNotExecutable(error.errno, f"cannot execute {command[0]}: exec format error") from None
+            raise CommandNotExecutable(
+                error.errno, f"cannot execute {command[0]}: exec format error"
+            ) from None
         raise
 
 

@@ -23,6 +23,7 @@ from ftharness.checkpoint.local import LocalCheckpointStore
 from ftharness.checkpoint.lock import DirectoryLock
 from ftharness.config import SupervisorConfig, WorkerEnvironment
 from ftharness.exitcodes import ExitCode, exit_code_for_signal
+from ftharness.notices import NoticeWatcher, PreemptionNotice
 from ftharness.policy import Outcome, RestartBudget, classify
 from ftharness.process import (
     CommandNotExecutable,
@@ -84,11 +85,34 @@ class Supervisor:
 
     def run(self) -> RunResult:
         inbox = SignalInbox()
+        watcher = NoticeWatcher(self.config.notices, self._on_preemption_notice)
+        watcher.start()
         try:
             return self._run(inbox)
         finally:
+            watcher.stop()
             inbox.close()
             self.state = SupervisorState.DONE
+
+    def _on_preemption_notice(self, notice: PreemptionNotice) -> None:
+        """Called from the watcher thread: log, then wake the main loop.
+
+        SIGUSR1 to ourselves is the thread-safe way in: the main loop treats
+        it as any "checkpoint now" request and forwards it to the worker.
+        """
+        expected = (
+            f"; termination expected in {notice.deadline - time.time():.0f} s"
+            if notice.deadline is not None
+            else ""
+        )
+        log.warning(
+            "preemption notice from %s: %s%s; asking the worker for a checkpoint now",
+            notice.source,
+            notice.detail,
+            expected,
+            extra={"event": "preemption_notice", "source": notice.source},
+        )
+        os.kill(os.getpid(), signal.SIGUSR1)
 
     def _run(self, inbox: SignalInbox) -> RunResult:
         become_subreaper()
@@ -96,6 +120,8 @@ class Supervisor:
         attempt = 0
         while True:
             attempt += 1
+            if attempt > 1:
+                self._remove_unfinished_writes()
             step_before = self.store.latest_step()
             try:
                 pid = self._launch(attempt)
@@ -128,8 +154,7 @@ class Supervisor:
             decision = budget.after_crash(made_progress=made_progress)
             if not decision.restart:
                 reason = (
-                    f"gave up: {decision.max_restarts} restarts without a new checkpoint "
-                    "all failed"
+                    f"gave up: {decision.max_restarts} restarts without a new checkpoint all failed"
                 )
                 log.error(reason, extra={"event": "gave_up", "attempt": attempt})
                 return RunResult(ExitCode.GAVE_UP, attempt, reason)
@@ -165,7 +190,7 @@ class Supervisor:
             run_id=self.config.run_id,
             attempt=attempt,
             keep=self.config.keep,
-            grace_period=self.config.final_checkpoint_budget,
+            stop_budget=self.config.final_checkpoint_budget,
             lock_fd=self.lock.make_inheritable(),
             supervisor_pid=os.getpid(),
         )
@@ -227,7 +252,10 @@ class Supervisor:
                         extra={"event": "stop_repeated"},
                     )
                 elif signum == signal.SIGUSR1:
-                    log.info("checkpoint requested: SIGUSR1 forwarded", extra={"event": "checkpoint_requested"})
+                    log.info(
+                        "checkpoint requested: SIGUSR1 forwarded",
+                        extra={"event": "checkpoint_requested"},
+                    )
                     signal_group(pid, signal.SIGUSR1)
             if deadline is not None and not killed and time.monotonic() >= deadline:
                 log.warning(
@@ -237,6 +265,18 @@ class Supervisor:
                 )
                 signal_group(pid, signal.SIGKILL)
                 killed = True
+
+    def _remove_unfinished_writes(self) -> None:
+        # The worker is gone and we hold the lock: a `.tmp-` directory is a
+        # checkpoint write it never finished. It was never visible; drop it.
+        removed = self.store.remove_stale_temporaries()
+        if removed:
+            log.info(
+                "removed %d unfinished checkpoint write(s): %s",
+                len(removed),
+                ", ".join(removed),
+                extra={"event": "stale_removed"},
+            )
 
     def _clean_up_group(self, pid: int) -> None:
         # What the worker left running belongs to a dead attempt; it must not
@@ -255,7 +295,9 @@ class Supervisor:
     def _watch_checkpoints(self) -> None:
         step = self.store.latest_step()
         if step is not None and step != self._last_seen_step:
-            log.info("checkpoint committed at step %d", step, extra={"event": "checkpoint", "step": step})
+            log.info(
+                "checkpoint committed at step %d", step, extra={"event": "checkpoint", "step": step}
+            )
             self._last_seen_step = step
 
     def _log_exit(self, attempt: int, pid: int, result: AttemptResult) -> None:
@@ -275,8 +317,8 @@ class Supervisor:
 
     def _stopped(self, attempt: int, result: AttemptResult, stop_signal: int) -> RunResult:
         step = self.store.latest_step()
-        preempted_cleanly = result.status.signal is None and result.status.code == exit_code_for_signal(
-            stop_signal
+        preempted_cleanly = (
+            result.status.signal is None and result.status.code == exit_code_for_signal(stop_signal)
         )
         if preempted_cleanly:
             log.info(

@@ -20,6 +20,7 @@ from ftharness.checkpoint.lock import DirectoryLock, DirectoryLockedError
 from ftharness.checkpoint.manifest import CheckpointError, WriterInfo
 from ftharness.config import WorkerEnvironment
 from ftharness.exitcodes import ExitCode, exit_code_for_signal
+from ftharness.logs import configure_logging
 
 log = logging.getLogger("ftharness.worker")
 
@@ -112,7 +113,9 @@ class WorkerSession:
             session.exit_preempted()
     """
 
-    def __init__(self, store: LocalCheckpointStore, lock: DirectoryLock, keep: int, env: WorkerEnvironment):
+    def __init__(
+        self, store: LocalCheckpointStore, lock: DirectoryLock, keep: int, env: WorkerEnvironment
+    ):
         self.store = store
         self.lock = lock
         self.keep = keep
@@ -123,6 +126,8 @@ class WorkerSession:
     @classmethod
     def open(cls, backup_dir: str | Path | None, keep: int | None = None) -> WorkerSession:
         """Resolve the directory and take (or inherit) its lock; raises WorkerError."""
+        if not logging.getLogger("ftharness").handlers:
+            configure_logging()  # resume points and commits are worth a line on stderr
         try:
             env = WorkerEnvironment.from_environ()
         except ValueError as error:
@@ -145,7 +150,9 @@ class WorkerSession:
                 raise ConfigurationError(str(error)) from None
         else:
             try:
-                lock = DirectoryLock.acquire(directory, run_id=env.run_id or "standalone", role="worker")
+                lock = DirectoryLock.acquire(
+                    directory, run_id=env.run_id or "standalone", role="worker"
+                )
             except DirectoryLockedError as error:
                 raise BackupDirLockedError(str(error)) from None
             except OSError as error:
@@ -160,9 +167,16 @@ class WorkerSession:
         return self.store.load_latest()
 
     def commit(
-        self, *, step: int, epoch: int, batch: int, files: Mapping[str, Iterable[bytes | memoryview]]
+        self,
+        *,
+        step: int,
+        epoch: int,
+        batch: int,
+        files: Mapping[str, Iterable[bytes | memoryview]],
     ) -> CheckpointRef:
-        ref = self.store.commit(step=step, epoch=epoch, batch=batch, files=files, writer=self.writer)
+        ref = self.store.commit(
+            step=step, epoch=epoch, batch=batch, files=files, writer=self.writer
+        )
         self.store.apply_retention(self.keep)
         return ref
 
@@ -182,7 +196,10 @@ class WorkerSession:
 
 def _resolve_directory(backup_dir: str | Path | None, env: WorkerEnvironment) -> Path:
     if env.checkpoint_dir is not None:
-        if backup_dir is not None and Path(backup_dir).expanduser().resolve() != env.checkpoint_dir.resolve():
+        if (
+            backup_dir is not None
+            and Path(backup_dir).expanduser().resolve() != env.checkpoint_dir.resolve()
+        ):
             log.info(
                 "running under ftharness supervise: checkpoints go to %s, not to backup_dir=%s",
                 env.checkpoint_dir,

@@ -43,7 +43,9 @@ class ArrayEntry:
         )
 
 
-def pack(named_arrays: Sequence[tuple[str, np.ndarray]]) -> tuple[list[ArrayEntry], list[memoryview]]:
+def pack(
+    named_arrays: Sequence[tuple[str, np.ndarray]],
+) -> tuple[list[ArrayEntry], list[memoryview]]:
     """The index and the byte chunks (no copies of contiguous arrays)."""
     index = []
     chunks = []
@@ -51,7 +53,9 @@ def pack(named_arrays: Sequence[tuple[str, np.ndarray]]) -> tuple[list[ArrayEntr
     for name, array in named_arrays:
         contiguous = np.ascontiguousarray(array)
         view = memoryview(contiguous.reshape(-1).view(np.uint8))
-        index.append(ArrayEntry(name, array.dtype.name, tuple(array.shape), offset, contiguous.nbytes))
+        index.append(
+            ArrayEntry(name, array.dtype.name, tuple(array.shape), offset, contiguous.nbytes)
+        )
         chunks.append(view)
         offset += contiguous.nbytes
     return index, chunks
@@ -62,6 +66,8 @@ def unpack(index: Sequence[ArrayEntry], buffer: bytearray | bytes) -> list[np.nd
     arrays = []
     for entry in index:
         dtype = np.dtype(entry.dtype)
-        flat = np.frombuffer(buffer, dtype=dtype, count=entry.nbytes // max(dtype.itemsize, 1), offset=entry.offset)
+        flat = np.frombuffer(
+            buffer, dtype=dtype, count=entry.nbytes // max(dtype.itemsize, 1), offset=entry.offset
+        )
         arrays.append(flat.reshape(entry.shape))
     return arrays

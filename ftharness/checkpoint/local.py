@@ -156,7 +156,9 @@ class LocalCheckpointStore:
         """Write `files` and commit them as checkpoint `step`, atomically."""
         name = checkpoint_name(step)
         final = self.directory / name
-        temporary = self.directory / f"{TEMPORARY_PREFIX}{name}-{os.getpid()}-{secrets.token_hex(3)}"
+        temporary = (
+            self.directory / f"{TEMPORARY_PREFIX}{name}-{os.getpid()}-{secrets.token_hex(3)}"
+        )
         temporary.mkdir(parents=True)
         try:
             entries = {

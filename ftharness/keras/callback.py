@@ -74,8 +74,10 @@ class BackupAndRestore(keras.callbacks.Callback):
         keep: int | None = None,
     ) -> None:
         super().__init__()
-        if save_freq is not False and save_freq != "epoch" and (
-            isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1
+        if (
+            save_freq is not False
+            and save_freq != "epoch"
+            and (isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1)
         ):
             raise ValueError(
                 f"save_freq must be 'epoch', a positive integer or False, got {save_freq!r}"
@@ -134,7 +136,11 @@ class BackupAndRestore(keras.callbacks.Callback):
             # checkpoint holds the epoch's validation and callbacks' results.
             return
         flags = self._session.flags
-        if flags.stop_signal is not None or flags.take_checkpoint_request() or self._periodic_save_due():
+        if (
+            flags.stop_signal is not None
+            or flags.take_checkpoint_request()
+            or self._periodic_save_due()
+        ):
             self._save()
         if flags.stop_signal is not None:
             self._session.exit_preempted()
@@ -192,8 +198,12 @@ class BackupAndRestore(keras.callbacks.Callback):
             files=snapshot.files(),
         )
         self._last_saved_step = self._position.step
-        log.info("checkpoint %s committed (epoch %d, batch %d)", ref.name,
-                 self._position.epoch, self._position.batch)
+        log.info(
+            "checkpoint %s committed (epoch %d, batch %d)",
+            ref.name,
+            self._position.epoch,
+            self._position.batch,
+        )
 
     def _restore(self) -> None:
         model = self.model
@@ -205,8 +215,9 @@ class BackupAndRestore(keras.callbacks.Callback):
         location = str(loaded.ref.path)
         restored = state.parse(loaded.files, location)
         variables = state.training_variables(model)
-        state.check_compatible(variables, [e for e, _ in restored.arrays[state.GROUP_TRAINING]],
-                               location, "training")
+        state.check_compatible(
+            variables, [e for e, _ in restored.arrays[state.GROUP_TRAINING]], location, "training"
+        )
         self._check_callbacks(restored.json_state.get("callbacks", []), location)
         state.assign(variables, restored.arrays[state.GROUP_TRAINING])
         state.restore_rng_state(restored.json_state["rng"])
@@ -220,7 +231,9 @@ class BackupAndRestore(keras.callbacks.Callback):
             self._undo_skip = _internals.skip_batches_on_next_step(
                 model,
                 restored.position.batch,
-                after_skip=lambda batch: self._restore_metrics(batch, restored.arrays.get(state.GROUP_METRICS)),
+                after_skip=lambda batch: self._restore_metrics(
+                    batch, restored.arrays.get(state.GROUP_METRICS)
+                ),
             )
         log.info(
             "restored %s: resuming at epoch %d, batch %d (step %d)",
@@ -243,8 +256,10 @@ class BackupAndRestore(keras.callbacks.Callback):
             _internals.build_metrics(self.model, data_batch)
         variables = state.metric_variables(self.model)
         if [tuple(v.shape) for v in variables] != [entry.shape for entry, _ in values]:
-            log.warning("metric accumulators differ from the checkpoint's; the resumed epoch's "
-                        "logged metrics restart from zero")
+            log.warning(
+                "metric accumulators differ from the checkpoint's; the resumed epoch's "
+                "logged metrics restart from zero"
+            )
             return
         state.assign(variables, values)
 
@@ -254,8 +269,10 @@ class BackupAndRestore(keras.callbacks.Callback):
         if self._callback_list is None:
             return []
         return [
-            c for c in self._callback_list.callbacks
-            if c is not self and callable(getattr(c, "get_state", None))
+            c
+            for c in self._callback_list.callbacks
+            if c is not self
+            and callable(getattr(c, "get_state", None))
             and callable(getattr(c, "set_state", None))
         ]
 
@@ -272,11 +289,13 @@ class BackupAndRestore(keras.callbacks.Callback):
             log.warning(
                 "the callbacks with state differ from the checkpoint's (%s now, %s in %s); "
                 "their state is restored where the classes match in order",
-                current, saved_classes, location,
+                current,
+                saved_classes,
+                location,
             )
 
     def _restore_callback_states(self, saved: list[dict]) -> None:
-        for callback, entry in zip(self._stateful_callbacks(), saved):
+        for callback, entry in zip(self._stateful_callbacks(), saved, strict=False):
             if type(callback).__qualname__ == entry["class"]:
                 callback.set_state(entry["state"])
 

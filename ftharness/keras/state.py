@@ -82,7 +82,9 @@ def named(variables: list) -> list[tuple[str, object]]:
 
 def capture_arrays(model: keras.Model) -> dict[str, list[tuple[str, np.ndarray]]]:
     return {
-        GROUP_TRAINING: [(name, np.array(v.numpy())) for name, v in named(training_variables(model))],
+        GROUP_TRAINING: [
+            (name, np.array(v.numpy())) for name, v in named(training_variables(model))
+        ],
         GROUP_METRICS: [(name, np.array(v.numpy())) for name, v in named(metric_variables(model))],
     }
 
@@ -130,7 +132,10 @@ def parse(files: dict[str, bytearray], location: str) -> LoadedState:
             f"checkpoint {location} is not a Keras training state ({error})"
         ) from None
     buffer = files[ARRAYS_FILE]
-    loaded = {group: list(zip(entries, arrays.unpack(entries, buffer))) for group, entries in index.items()}
+    loaded = {
+        group: list(zip(entries, arrays.unpack(entries, buffer), strict=True))
+        for group, entries in index.items()
+    }
     return LoadedState(position, state, loaded)
 
 
@@ -141,7 +146,7 @@ def check_compatible(variables: list, entries: list[ArrayEntry], location: str, 
             f"checkpoint {location} was written by another model: it has {len(entries)} "
             f"{what} variables, this model {len(variables)}"
         )
-    for variable, entry in zip(variables, entries):
+    for variable, entry in zip(variables, entries, strict=True):
         shape = tuple(variable.shape)
         dtype = np.dtype(variable.dtype).name
         if shape != entry.shape or dtype != entry.dtype:
@@ -153,5 +158,5 @@ def check_compatible(variables: list, entries: list[ArrayEntry], location: str, 
 
 
 def assign(variables: list, values: list[tuple[ArrayEntry, np.ndarray]]) -> None:
-    for variable, (_, value) in zip(variables, values):
+    for variable, (_, value) in zip(variables, values, strict=True):
         variable.assign(value)

@@ -1,0 +1,89 @@
+"""Test helpers: run the real `ftharness` and real workers as subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+WORKERS = REPO / "tests" / "workers"
+PYTHON = sys.executable
+# Quiet TensorFlow's C++ logging in every child process.
+BASE_ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+for _name in [n for n in BASE_ENV if n.startswith("FTHARNESS_")]:
+    del BASE_ENV[_name]
+
+
+def ftharness_command(*args: str) -> list[str]:
+    return [PYTHON, "-m", "ftharness", *args]
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.05):
+    """Poll until `predicate()` is truthy; fail the test with `what` if it never is."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class Supervised:
+    """A real `ftharness supervise` process with its stderr in a file."""
+
+    def __init__(
+        self, args: list[str], log_path: Path, env: dict | None = None, cwd: Path | None = None
+    ):
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 -- closed in wait()/kill()
+        self.process = subprocess.Popen(
+            ftharness_command("supervise", *args),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**BASE_ENV, **(env or {})},
+            cwd=cwd or REPO,
+        )
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait(self, timeout: float = 120) -> int:
+        try:
+            return self.process.wait(timeout)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+
+def run_keras_worker(
+    args: list[str], env: dict | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess:
+    """Run the Keras test worker alone (no supervisor), to completion."""
+    return subprocess.run(
+        [PYTHON, str(WORKERS / "keras_worker.py"), *args],
+        capture_output=True,
+        text=True,
+        env={**BASE_ENV, **(env or {})},
+        timeout=timeout,
+        cwd=REPO,
+    )
+
+
+def read_report(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def batch_log(path: Path) -> list[int]:
+    return [int(line) for line in path.read_text().split()] if path.exists() else []
