@@ -1,0 +1,115 @@
+"""Before the first worker: the local directory, the remote store, the lease.
+
+Order matters. The local lock comes first (one supervisor per machine
+directory), then the remote lease (one writer per backup URL), and only then
+anything that writes: cleaning up after crashes, fetching the newest remote
+checkpoint into the local directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from ftharness.checkpoint.lease import LeaseHeldError, RemoteLease
+from ftharness.checkpoint.local import LocalCheckpointStore
+from ftharness.checkpoint.lock import DirectoryLock
+from ftharness.checkpoint.manifest import CorruptCheckpointError
+from ftharness.checkpoint.remote import RemoteCheckpointStore
+from ftharness.checkpoint.replicator import Replicator
+from ftharness.config import SupervisorConfig
+from ftharness.progress import progress_for
+
+log = logging.getLogger("ftharness.startup")
+
+
+class RemoteStoreUnusable(OSError):
+    """The backup URL cannot be listed or written (bucket, credentials, endpoint)."""
+
+
+def prepare_local_dir(directory: Path, run_id: str) -> DirectoryLock:
+    """Create and lock the local checkpoint directory, then clean up after crashes."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise PermissionError(13, "not writable")
+    lock = DirectoryLock.acquire(directory, run_id=run_id, role="supervisor")
+    removed = LocalCheckpointStore(directory).remove_stale_temporaries()
+    if removed:
+        log.info(
+            "removed %d unfinished checkpoint write(s): %s",
+            len(removed),
+            ", ".join(removed),
+            extra={"event": "stale_removed"},
+        )
+    return lock
+
+
+def prepare_remote(config: SupervisorConfig) -> Replicator:
+    """Lease the backup URL, clean it up, fetch its newest checkpoint if newer.
+
+    Raises LeaseHeldError if another run keeps the lease past `lease_wait`,
+    RemoteStoreUnusable if the store cannot be reached or written.
+    """
+    try:
+        remote = RemoteCheckpointStore(config.backup_url, config.storage_options)
+        lease = RemoteLease(remote.fs, remote.root, config.run_id, ttl=config.lease_ttl)
+        _acquire_waiting(lease, config.lease_wait)
+    except LeaseHeldError:
+        raise
+    except Exception as error:  # the store's own errors: no credentials in them
+        raise RemoteStoreUnusable(
+            f"{config.backup_url}: {type(error).__name__}: {str(error)[:200]}"
+        ) from None
+    local = LocalCheckpointStore(config.local_dir)
+    try:
+        torn = remote.remove_torn_uploads()
+        if torn:
+            log.info("removed %d torn upload(s) from %s: %s", len(torn), config.backup_url, torn)
+        fetch_newest(remote, local)
+    except Exception:
+        lease.release()
+        raise
+    return Replicator(local, remote, lease, keep=config.keep)
+
+
+def _acquire_waiting(lease: RemoteLease, wait: float) -> None:
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            lease.acquire()
+            return
+        except LeaseHeldError as error:
+            if time.monotonic() >= deadline:
+                raise
+            log.warning(
+                "%s; waiting up to %.0f s for it",
+                error,
+                deadline - time.monotonic(),
+                extra={"event": "lease_wait"},
+            )
+            time.sleep(min(5.0, max(0.1, deadline - time.monotonic()), lease.ttl / 4))
+
+
+def fetch_newest(remote: RemoteCheckpointStore, local: LocalCheckpointStore) -> None:
+    """Download the newest remote checkpoint that verifies, if newer than the local one."""
+    local_step = local.latest_step()
+    for ref in reversed(remote.list_committed()):
+        if local_step is not None and ref.step <= local_step:
+            log.info("local checkpoint (step %d) is up to date with %s", local_step, remote.url)
+            return
+        started = time.monotonic()
+        try:
+            remote.download(ref, local, callback=progress_for(f"fetch {ref.name}"))
+        except CorruptCheckpointError as error:
+            log.warning("%s; trying the previous one", error, extra={"event": "remote_corrupt"})
+            continue
+        log.info(
+            "fetched %s from %s in %.1f s",
+            ref.name,
+            remote.url,
+            time.monotonic() - started,
+            extra={"event": "fetched", "step": ref.step},
+        )
+        return
