@@ -6,6 +6,8 @@ This is the one place where errors become exit codes (see `exitcodes`).
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import logging
 import os
 import secrets
@@ -13,8 +15,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ftharness.checkpoint.local import LocalCheckpointStore
-from ftharness.checkpoint.lock import DirectoryLock, DirectoryLockedError
+from ftharness.checkpoint.lease import LeaseHeldError
+from ftharness.checkpoint.lock import DirectoryLockedError
 from ftharness.config import (
     RestartPolicyConfig,
     SupervisorConfig,
@@ -22,13 +24,22 @@ from ftharness.config import (
     local_path,
 )
 from ftharness.exitcodes import DEFAULT_FATAL_EXIT_CODES, ExitCode
+from ftharness.inspect import commands as inspect_commands
 from ftharness.logs import configure_logging
+from ftharness.metrics import (
+    MetricsUnavailable,
+    NullMetrics,
+    SupervisorMetrics,
+    add_metrics_arguments,
+    start_metrics,
+)
 from ftharness.notices import (
     AWS_DEFAULT_BASE_URL,
     GCE_DEFAULT_BASE_URL,
     NOTICE_KINDS,
     NoticeConfig,
 )
+from ftharness.startup import prepare_local_dir, prepare_remote
 from ftharness.supervisor import Supervisor
 
 log = logging.getLogger("ftharness.cli")
@@ -77,13 +88,35 @@ def build_parser() -> argparse.ArgumentParser:
         "--backup-dir",
         default=_env("BACKUP_DIR", None),
         metavar="URL",
-        help="where checkpoints are kept (a local path or file:// URL)",
+        help="where checkpoints are kept: a local path or an fsspec URL (gs://, s3://, file://)",
     )
     supervise.add_argument(
         "--local-dir",
         default=_env("LOCAL_DIR", None),
         metavar="PATH",
         help="local checkpoint directory (default: the backup dir when local)",
+    )
+    supervise.add_argument(
+        "--storage-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an fsspec storage option of the backup URL (endpoint_url, token, anon, ...); "
+        "repeatable; also FTHARNESS_STORAGE_OPTIONS as a JSON object",
+    )
+    supervise.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=float(_env("LEASE_TTL", 60)),
+        metavar="SECONDS",
+        help="lifetime of the remote lease, renewed every third of it (default: 60)",
+    )
+    supervise.add_argument(
+        "--lease-wait",
+        type=float,
+        default=float(_env("LEASE_WAIT", 90)),
+        metavar="SECONDS",
+        help="how long to wait for another run's lease to expire before exiting 75 (default: 90)",
     )
     supervise.add_argument(
         "--keep",
@@ -178,9 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("LOG_LEVEL", "INFO"),
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
     )
+    add_metrics_arguments(supervise)
     supervise.add_argument(
         "command", nargs=argparse.REMAINDER, metavar="-- CMD", help="the training command"
     )
+    inspect_commands.add_subcommands(commands)
     return parser
 
 
@@ -193,6 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _usage_error(str(error))
     if args.subcommand == "supervise":
         return run_supervise(args)
+    if args.subcommand in inspect_commands.NAMES:
+        return inspect_commands.run(args)
     build_parser().print_help(sys.stderr)
     return ExitCode.USAGE_ERROR
 
@@ -208,11 +245,16 @@ def run_supervise(args: argparse.Namespace) -> int:
         )
     if not args.backup_dir:
         return _usage_error("--backup-dir (or FTHARNESS_BACKUP_DIR) is required")
-    if not is_local_url(args.backup_dir) and not args.local_dir:
-        return _usage_error(
-            f"{args.backup_dir}: only local backup directories are supported in this version"
-        )
-    local_dir = Path(args.local_dir) if args.local_dir else local_path(args.backup_dir)
+    if args.local_dir:
+        local_dir = Path(args.local_dir)
+    elif is_local_url(args.backup_dir):
+        local_dir = local_path(args.backup_dir)
+    else:
+        local_dir = default_local_dir(args.backup_dir)
+    try:
+        storage_options = parse_storage_options(args.storage_option)
+    except ValueError as error:
+        return _usage_error(str(error))
     try:
         config = SupervisorConfig(
             command=tuple(command),
@@ -228,6 +270,9 @@ def run_supervise(args: argparse.Namespace) -> int:
                 backoff_max=args.backoff_max,
                 fatal_exit_codes=args.fatal_exit_codes,
             ),
+            storage_options=storage_options,
+            lease_ttl=args.lease_ttl,
+            lease_wait=args.lease_wait,
             notices=NoticeConfig(
                 kind=args.preemption_notice,
                 poll_interval=args.notice_poll_interval,
@@ -251,28 +296,61 @@ def run_supervise(args: argparse.Namespace) -> int:
             extra={"event": "backup_dir_unusable"},
         )
         return ExitCode.BACKUP_DIR_UNUSABLE
+    replicator = None
+    metrics: SupervisorMetrics | NullMetrics = NullMetrics()
     try:
-        result = Supervisor(config, lock).run()
+        try:
+            metrics = start_metrics(args)
+        except MetricsUnavailable as error:
+            return _usage_error(str(error))
+        if config.replicated:
+            try:
+                replicator = prepare_remote(config)
+            except LeaseHeldError as error:
+                log.error("%s", error, extra={"event": "leased"})
+                return ExitCode.BACKUP_DIR_LOCKED
+            except OSError as error:
+                log.error(
+                    "backup %s is not usable: %s",
+                    config.backup_url,
+                    error,
+                    extra={"event": "backup_dir_unusable"},
+                )
+                return ExitCode.BACKUP_DIR_UNUSABLE
+        result = Supervisor(config, lock, replicator, metrics=metrics).run()
     finally:
+        metrics.close()
+        if replicator is not None:
+            replicator.lease.release()
         lock.release()
     return int(result.exit_code)
 
 
-def prepare_local_dir(directory: Path, run_id: str) -> DirectoryLock:
-    """Create and lock the local checkpoint directory, then clean up after crashes."""
-    directory.mkdir(parents=True, exist_ok=True)
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise PermissionError(13, "not writable")
-    lock = DirectoryLock.acquire(directory, run_id=run_id, role="supervisor")
-    removed = LocalCheckpointStore(directory).remove_stale_temporaries()
-    if removed:
-        log.info(
-            "removed %d unfinished checkpoint write(s): %s",
-            len(removed),
-            ", ".join(removed),
-            extra={"event": "stale_removed"},
-        )
-    return lock
+def default_local_dir(backup_url: str) -> Path:
+    """A cache directory of its own for each remote backup URL."""
+    digest = hashlib.sha256(backup_url.encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return cache / "ftharness" / digest
+
+
+def parse_storage_options(items: list[str]) -> dict:
+    """`KEY=VALUE` pairs (VALUE as JSON when it parses) over FTHARNESS_STORAGE_OPTIONS."""
+    options: dict = {}
+    from_env = os.environ.get("FTHARNESS_STORAGE_OPTIONS")
+    if from_env:
+        try:
+            options.update(json.loads(from_env))
+        except (ValueError, TypeError):
+            raise ValueError("FTHARNESS_STORAGE_OPTIONS must be a JSON object") from None
+    for item in items or []:
+        key, separator, value = item.partition("=")
+        if not separator or not key:
+            raise ValueError(f"--storage-option needs KEY=VALUE, got {item!r}")
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value
+    return options
 
 
 def _usage_error(message: str) -> int:

@@ -63,6 +63,11 @@ class SupervisorConfig:
     grace_margin: float = 5.0
     restart: RestartPolicyConfig = field(default_factory=RestartPolicyConfig)
     notices: NoticeConfig = field(default_factory=NoticeConfig)
+    # fsspec options of the backup URL's filesystem (endpoint, credentials
+    # file, anon, ...). Never logged: they may hold secrets.
+    storage_options: dict = field(default_factory=dict, repr=False)
+    lease_ttl: float = 60.0
+    lease_wait: float = 90.0  # how long to wait for another run's lease to expire
     # How often the supervisor looks for newly committed checkpoints.
     watch_interval: float = 1.0
 
@@ -75,6 +80,15 @@ class SupervisorConfig:
             raise ValueError(f"--grace-period must be > 0, got {self.grace_period}")
         if not 0 <= self.grace_margin < self.grace_period:
             raise ValueError("--grace-margin must be >= 0 and below --grace-period")
+        if self.lease_ttl <= 0 or self.lease_wait < 0:
+            raise ValueError("--lease-ttl must be > 0 and --lease-wait >= 0")
+
+    @property
+    def replicated(self) -> bool:
+        """True when the backup URL is not the local directory itself."""
+        if not is_local_url(self.backup_url):
+            return True
+        return local_path(self.backup_url).resolve() != self.local_dir.resolve()
 
     @property
     def final_checkpoint_budget(self) -> float:

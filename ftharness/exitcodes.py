@@ -18,6 +18,9 @@ class ExitCode(enum.IntEnum):
     # A checkpoint exists but cannot be restored into this model (another
     # architecture, another format). Retrying cannot help; nothing is deleted.
     INCOMPATIBLE_CHECKPOINT = 65  # EX_DATAERR
+    # `ftharness verify`: the checkpoint is damaged, or there is none to verify.
+    # (65, EX_DATAERR, would fit the damage but means "incompatible" above.)
+    CHECKPOINT_DAMAGED = 66  # EX_NOINPUT: no intact input to restore from
     # The restart budget is spent: the worker kept failing without progress.
     GAVE_UP = 70  # EX_SOFTWARE
     # The backup directory cannot be created or written.

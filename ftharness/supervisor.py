@@ -21,8 +21,11 @@ from dataclasses import dataclass
 
 from ftharness.checkpoint.local import LocalCheckpointStore
 from ftharness.checkpoint.lock import DirectoryLock
+from ftharness.checkpoint.replicator import Replicator
 from ftharness.config import SupervisorConfig, WorkerEnvironment
+from ftharness.events import ObserverGroup, RunRecorder, commits_since, newest_commit
 from ftharness.exitcodes import ExitCode, exit_code_for_signal
+from ftharness.metrics import NullMetrics, SupervisorMetrics
 from ftharness.notices import NoticeWatcher, PreemptionNotice
 from ftharness.policy import Outcome, RestartBudget, classify
 from ftharness.process import (
@@ -40,6 +43,10 @@ from ftharness.process import (
 log = logging.getLogger("ftharness.supervisor")
 
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+# Seconds kept back at the end of the grace period to exit before the SIGKILL.
+EXIT_RESERVE = 1.0
+# How long a finished (or failed) run may spend making its last upload.
+FINISHED_UPLOAD_BUDGET = 600.0
 
 
 class SupervisorState(str, enum.Enum):
@@ -56,6 +63,7 @@ class AttemptResult:
     stop_signal: int | None  # the stop signal we forwarded, if any
     duration: float
     stop_duration: float  # from forwarding the stop signal to the exit
+    stop_started: float | None  # time.monotonic() when the stop signal came
 
 
 @dataclass(frozen=True)
@@ -76,21 +84,38 @@ class Supervisor:
         sys.exit(result.exit_code)
     """
 
-    def __init__(self, config: SupervisorConfig, lock: DirectoryLock) -> None:
+    def __init__(
+        self,
+        config: SupervisorConfig,
+        lock: DirectoryLock,
+        replicator: Replicator | None = None,
+        metrics: SupervisorMetrics | NullMetrics | None = None,
+    ) -> None:
         self.config = config
         self.lock = lock
+        self.replicator = replicator
         self.store = LocalCheckpointStore(config.local_dir)
         self.state = SupervisorState.PREPARING
         self._last_seen_step = self.store.latest_step()
+        # Told of every attempt: the run's record beside the checkpoints
+        # (`ftharness status`) and the metrics (`upload_finished` for uploads).
+        self.metrics = metrics if metrics is not None else NullMetrics()
+        self.observers = ObserverGroup(
+            RunRecorder.beside(config.local_dir, config.run_id), self.metrics
+        )
 
     def run(self) -> RunResult:
         inbox = SignalInbox()
         watcher = NoticeWatcher(self.config.notices, self._on_preemption_notice)
         watcher.start()
+        if self.replicator is not None:
+            self.replicator.start(on_uploaded=self.metrics.upload_finished)
         try:
             return self._run(inbox)
         finally:
             watcher.stop()
+            if self.replicator is not None:
+                self.replicator.stop()
             inbox.close()
             self.state = SupervisorState.DONE
 
@@ -140,12 +165,21 @@ class Supervisor:
                 stop_requested=result.stop_signal is not None,
                 fatal_exit_codes=self.config.restart.fatal_exit_codes,
             )
+            self.observers.attempt_ended(
+                result.status,
+                outcome,
+                self.store.latest_step(),
+                result.stop_duration if result.stop_signal is not None else None,
+            )
             if outcome is Outcome.STOPPED and result.stop_signal is not None:
+                self._final_upload(self._upload_deadline(result.stop_started))
                 return self._stopped(attempt, result, result.stop_signal)
             if outcome is Outcome.FINISHED:
+                self._final_upload(time.monotonic() + FINISHED_UPLOAD_BUDGET)
                 log.info("training finished", extra={"event": "finished", "attempt": attempt})
                 return RunResult(ExitCode.FINISHED, attempt, "finished")
             if outcome is Outcome.FATAL:
+                self._final_upload(time.monotonic() + FINISHED_UPLOAD_BUDGET)
                 reason = f"worker exit code {result.status.code} is fatal; not restarting"
                 log.error(reason, extra={"event": "fatal", "attempt": attempt})
                 return RunResult(result.status.code or 1, attempt, reason)
@@ -153,6 +187,7 @@ class Supervisor:
             made_progress = self.store.latest_step() != step_before
             decision = budget.after_crash(made_progress=made_progress)
             if not decision.restart:
+                self._final_upload(time.monotonic() + FINISHED_UPLOAD_BUDGET)
                 reason = (
                     f"gave up: {decision.max_restarts} restarts without a new checkpoint all failed"
                 )
@@ -174,6 +209,7 @@ class Supervisor:
             self.state = SupervisorState.BACKING_OFF
             stop_signal = self._sleep(decision.delay, inbox)
             if stop_signal is not None:
+                self._final_upload(self._upload_deadline(time.monotonic()))
                 log.info(
                     "%s during backoff; the last committed checkpoint stands",
                     signal.Signals(stop_signal).name,
@@ -196,6 +232,7 @@ class Supervisor:
         )
         env = {**os.environ, **worker_env.to_environ()}
         pid = spawn_in_new_group(self.config.command, env)
+        self.observers.attempt_launched(attempt, pid, newest_commit(self.store))
         log.info(
             "launched attempt %d: pid %d: %s",
             attempt,
@@ -230,6 +267,7 @@ class Supervisor:
                             stop_signal,
                             ended - started,
                             ended - stop_started if stop_signal is not None else 0.0,
+                            stop_started if stop_signal is not None else None,
                         )
                 elif signum in STOP_SIGNALS and stop_signal is None:
                     stop_signal = signum
@@ -237,6 +275,7 @@ class Supervisor:
                     deadline = stop_started + self.config.final_checkpoint_budget
                     self.state = SupervisorState.STOPPING
                     signal_group(pid, signum)
+                    self.observers.stop_requested(signum)
                     log.info(
                         "received %s: forwarded to the worker; waiting up to %.1f s for its "
                         "final checkpoint",
@@ -293,12 +332,49 @@ class Supervisor:
         reap_children()
 
     def _watch_checkpoints(self) -> None:
+        self.observers.heartbeat()
         step = self.store.latest_step()
         if step is not None and step != self._last_seen_step:
             log.info(
                 "checkpoint committed at step %d", step, extra={"event": "checkpoint", "step": step}
             )
+            self.observers.checkpoints_committed(commits_since(self.store, self._last_seen_step))
             self._last_seen_step = step
+            if self.replicator is not None:
+                self.replicator.notify()
+
+    def _upload_deadline(self, stop_started: float | None) -> float:
+        """The platform SIGKILLs us grace-period after its signal; finish before."""
+        started = stop_started if stop_started is not None else time.monotonic()
+        return started + self.config.grace_period - EXIT_RESERVE
+
+    def _final_upload(self, deadline: float) -> None:
+        """Push the newest local checkpoint to the remote store before we exit."""
+        if self.replicator is None:
+            return
+        step = self.store.latest_step()
+        started = time.monotonic()
+        log.info(
+            "uploading the newest checkpoint (step %s); %.1f s of budget left",
+            step,
+            deadline - started,
+            extra={"event": "final_upload", "step": step},
+        )
+        if self.replicator.flush(deadline):
+            log.info(
+                "final upload done in %.1f s: step %s is in %s",
+                time.monotonic() - started,
+                step,
+                self.config.backup_url,
+                extra={"event": "final_upload_done", "step": step},
+            )
+        else:
+            log.error(
+                "final upload of step %s did not finish in time; the remote store has step %s",
+                step,
+                self.replicator.uploaded_step,
+                extra={"event": "final_upload_failed", "step": step},
+            )
 
     def _log_exit(self, attempt: int, pid: int, result: AttemptResult) -> None:
         log.info(

@@ -17,12 +17,16 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+from fsspec.implementations.local import LocalFileSystem
 
 from ftharness.checkpoint.lease import LeaseLostError, RemoteLease
 from ftharness.checkpoint.local import CheckpointRef, LocalCheckpointStore
 from ftharness.checkpoint.manifest import MANIFEST_NAME
 from ftharness.checkpoint.remote import RemoteCheckpointStore
+from ftharness.events import EVENTS_DIR
 from ftharness.progress import progress_for
 
 log = logging.getLogger("ftharness.replicator")
@@ -62,8 +66,12 @@ class Replicator:
         self._deadline: float | None = None
         self._thread = threading.Thread(target=self._run, name="ftharness-uploader", daemon=True)
         self._failures = 0
+        self._synced_events: dict[str, int] = {}
+        self._on_uploaded: Callable[[float, int], None] | None = None
 
-    def start(self) -> None:
+    def start(self, on_uploaded: Callable[[float, int], None] | None = None) -> None:
+        """Start uploading; `on_uploaded(seconds, bytes)` is told of each upload."""
+        self._on_uploaded = on_uploaded
         remove_staging(self.local.directory)
         self._thread.start()
 
@@ -94,6 +102,32 @@ class Replicator:
         self._stopping.set()
         self._wake.set()
         self._thread.join(timeout=30)
+        if not self.lease_lost:
+            self._sync_events()  # the attempts' final records
+
+    def _sync_events(self) -> None:
+        """Copy the supervisor's event records (`ftharness status`) beside the checkpoints.
+
+        One small file per attempt, rewritten whole: an overwrite is all an
+        object store needs, no append.
+        """
+        directory = self.local.directory / EVENTS_DIR
+        try:
+            records = [p for p in directory.glob("*.json") if not p.name.startswith(".")]
+        except OSError:
+            return
+        for path in records:
+            try:
+                stamp = path.stat().st_mtime_ns
+                if self._synced_events.get(path.name) == stamp:
+                    continue
+                target = self.remote.path(*EVENTS_DIR.parts, path.name)
+                if isinstance(self.remote.fs, LocalFileSystem):
+                    Path(target).parent.mkdir(parents=True, exist_ok=True)
+                self.remote.fs.pipe_file(target, path.read_bytes())
+                self._synced_events[path.name] = stamp
+            except Exception as error:  # records are a convenience: never fail a run for them
+                log.debug("could not copy event record %s: %s", path.name, error)
 
     def _has(self, step: int) -> bool:
         return self.uploaded_step is not None and self.uploaded_step >= step
@@ -139,6 +173,7 @@ class Replicator:
         if staged is None:
             return  # deleted by retention meanwhile: a newer one exists
         started = time.monotonic()
+        size = sum(entry.size for entry in self.local.read_manifest(staged).files.values())
         try:
             with self._progress:
                 deadline = self._deadline
@@ -158,6 +193,9 @@ class Replicator:
         with self._progress:
             self.uploaded_step = ref.step
             self._progress.notify_all()
+        if self._on_uploaded is not None:
+            self._on_uploaded(elapsed, size)
+        self._sync_events()
         deleted = self.remote.apply_retention(self.keep)
         if deleted:
             log.debug("remote retention deleted %s", [ref.name for ref in deleted])

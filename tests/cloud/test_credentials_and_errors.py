@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import select
 import time
 
 import pytest
@@ -11,7 +13,7 @@ from support import PYTHON
 
 from ftharness.checkpoint.remote import retry_until
 from ftharness.exitcodes import ExitCode
-from ftharness.progress import TerminalProgress
+from ftharness.progress import TransferProgress
 
 SECRET = "s3cr3t-DO-NOT-LOG-9f8e7d"
 
@@ -108,12 +110,26 @@ def test_retries_stop_at_the_deadline_and_never_retry_programming_errors():
     assert len(bugs) == 1
 
 
-def test_terminal_progress_draws_one_line_that_ends_at_100_percent():
-    stream = io.StringIO()
-    progress = TerminalProgress("upload ckpt-000000000001", stream=stream)
-    progress.set_size(4_000_000)
-    for _ in range(4):
-        progress.relative_update(1_000_000)
-    text = stream.getvalue()
-    assert text.startswith("\rupload ckpt-000000000001:")
-    assert text.endswith("100% of 4 MB\n")
+def test_transfer_progress_draws_on_a_terminal_and_clears_at_the_end():
+    leader, follower = os.openpty()  # a real terminal
+    with open(follower, "w") as terminal:
+        progress = TransferProgress("upload ckpt-000000000001", stream=terminal)
+        progress.set_size(4_000_000)
+        for _ in range(4):
+            progress.relative_update(1_000_000)
+        terminal.flush()
+        drawn = b""
+        while select.select([leader], [], [], 0.5)[0]:
+            drawn += os.read(leader, 4096)
+    os.close(leader)
+    text = drawn.decode()
+    assert text.startswith("\rupload ckpt-000000000001:  25% of 3.8 MiB")
+    assert text.endswith("\r\x1b[K")
+
+
+def test_transfer_progress_is_silent_in_logs():
+    log = io.StringIO()
+    progress = TransferProgress("upload", stream=log)
+    progress.set_size(10)
+    progress.relative_update(10)
+    assert log.getvalue() == ""

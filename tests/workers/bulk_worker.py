@@ -14,7 +14,10 @@ import time
 from ftharness.worker import WorkerSession
 
 steps, megabytes, interval, progress = (
-    int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+    int(sys.argv[1]),
+    int(sys.argv[2]),
+    float(sys.argv[3]),
+    sys.argv[4],
 )
 session = WorkerSession.open(backup_dir=None)
 session.flags.install()

@@ -1,0 +1,5 @@
+"""Inspection and operations on a backup: `ls`, `verify`, `status`, `timeline`, `gc`.
+
+Every command reads through `inspect.backup.BackupReader`; `inspect.commands`
+adds them to the `ftharness` command line.
+"""

@@ -1,0 +1,64 @@
+"""gc: keep the newest N, never the newest, never under a live run's lock."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ftharness.checkpoint.local import LocalCheckpointStore
+from ftharness.checkpoint.lock import DirectoryLock, DirectoryLockedError
+from ftharness.checkpoint.manifest import WriterInfo
+from ftharness.inspect import gc
+from ftharness.inspect.backup import open_backup
+
+
+@pytest.fixture
+def backup(tmp_path):
+    store = LocalCheckpointStore(tmp_path)
+    for step in (1, 2, 3):
+        store.commit(
+            step=step, epoch=0, batch=step, files={"d": [b"x"]}, writer=WriterInfo("h", 1, "r")
+        )
+    return open_backup(str(tmp_path))
+
+
+def steps(backup) -> list[int]:
+    return [ref.step for ref in backup.list_checkpoints()]
+
+
+def test_plan_keeps_the_newest_and_deletes_nothing(backup):
+    decided = gc.plan(backup, keep=1)
+    assert ([r.step for r in decided.doomed], [r.step for r in decided.kept]) == ([1, 2], [3])
+    assert gc.plan(backup, keep=5).doomed == ()
+    assert steps(backup) == [1, 2, 3]
+    with pytest.raises(ValueError, match="never deleted"):
+        gc.plan(backup, keep=0)
+
+
+def test_collect_deletes_under_the_lock_and_releases_it(backup, tmp_path):
+    assert [r.step for r in gc.collect(backup, keep=2).doomed] == [1]
+    assert steps(backup) == [2, 3]
+    DirectoryLock.acquire(tmp_path, run_id="next", role="supervisor").release()  # released
+
+
+def test_a_live_holder_is_refused_and_named(backup, tmp_path):
+    lock = DirectoryLock.acquire(tmp_path, run_id="live", role="supervisor")
+    try:
+        assert (
+            backup.live_holder()
+            == f"supervisor pid {os.getpid()} on host {os.uname()[1]}, run live"
+        )
+        with pytest.raises(DirectoryLockedError, match=f"supervisor pid {os.getpid()}"):
+            gc.collect(backup, keep=1)
+        assert steps(backup) == [1, 2, 3]
+    finally:
+        lock.release()
+    # The lock file still names this (living) process, but the kernel says
+    # the lock is free: the dry run must agree with what gc will find.
+    assert backup.live_holder() is None
+    assert [r.step for r in gc.collect(backup, keep=1).doomed] == [1, 2]
+
+
+def test_no_lock_file_means_no_holder(backup):
+    assert backup.live_holder() is None
