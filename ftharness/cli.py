@@ -54,10 +54,6 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _env(name: str, default):
-    return os.environ.get(f"FTHARNESS_{name}", default)
-
-
 def _exit_codes(text: str) -> frozenset[int]:
     try:
         codes = frozenset(int(part) for part in text.split(",") if part.strip())
@@ -68,6 +64,29 @@ def _exit_codes(text: str) -> frozenset[int]:
     if any(not 0 < code < 256 for code in codes):
         raise argparse.ArgumentTypeError(f"exit codes must be in 1..255: {text!r}")
     return codes
+
+
+class _EnvOptions:
+    """Adds options whose default comes from FTHARNESS_<OPTION>, then the built-in.
+
+    argparse passes a string default through the option's type, so a bad
+    value in the environment is a usage error like a bad flag.
+    """
+
+    def __init__(self, parser: argparse.ArgumentParser) -> None:
+        self.parser = parser
+
+    def __call__(self, flag, kind, default, metavar, help_text, **extra) -> None:
+        variable = "FTHARNESS_" + flag.removeprefix("--").replace("-", "_").upper()
+        shown = "" if default is None else f"; default: {default}"
+        self.parser.add_argument(
+            flag,
+            type=kind,
+            default=os.environ.get(variable, default),
+            metavar=metavar,
+            help=f"{help_text} ({variable}{shown})",
+            **extra,
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,131 +103,93 @@ def build_parser() -> argparse.ArgumentParser:
         "Every option can also be set as FTHARNESS_<OPTION> (e.g. FTHARNESS_BACKUP_DIR).",
         usage="ftharness supervise [options] -- CMD [ARG ...]",
     )
-    supervise.add_argument(
+    option = _EnvOptions(supervise)
+    option(
         "--backup-dir",
-        default=_env("BACKUP_DIR", None),
-        metavar="URL",
-        help="where checkpoints are kept: a local path or an fsspec URL (gs://, s3://, file://)",
+        str,
+        None,
+        "URL",
+        "where checkpoints are kept: a local path or an fsspec URL (gs://, s3://, file://)",
     )
-    supervise.add_argument(
+    option(
         "--local-dir",
-        default=_env("LOCAL_DIR", None),
-        metavar="PATH",
-        help="local checkpoint directory (default: the backup dir when local)",
+        str,
+        None,
+        "PATH",
+        "local checkpoint directory (default: the backup dir when local, else a cache dir)",
     )
     supervise.add_argument(
-        "--storage-option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
+        "--storage-option", action="append", default=[], metavar="KEY=VALUE",
         help="an fsspec storage option of the backup URL (endpoint_url, token, anon, ...); "
         "repeatable; also FTHARNESS_STORAGE_OPTIONS as a JSON object",
-    )
-    supervise.add_argument(
-        "--lease-ttl",
-        type=float,
-        default=float(_env("LEASE_TTL", 60)),
-        metavar="SECONDS",
-        help="lifetime of the remote lease, renewed every third of it (default: 60)",
-    )
-    supervise.add_argument(
-        "--lease-wait",
-        type=float,
-        default=float(_env("LEASE_WAIT", 90)),
-        metavar="SECONDS",
-        help="how long to wait for another run's lease to expire before exiting 75 (default: 90)",
-    )
-    supervise.add_argument(
-        "--keep",
-        type=int,
-        default=int(_env("KEEP", 2)),
-        metavar="N",
-        help="committed checkpoints to keep (default: 2)",
-    )
-    supervise.add_argument(
+    )  # fmt: skip
+    option("--keep", int, 2, "N", "committed checkpoints to keep")
+    option(
         "--grace-period",
-        type=float,
-        default=float(_env("GRACE_PERIOD", 30)),
-        metavar="SECONDS",
-        help="time between SIGTERM and SIGKILL from the platform (default: 30, "
-        "Kubernetes' terminationGracePeriodSeconds)",
+        float,
+        30,
+        "SECONDS",
+        "time between SIGTERM and SIGKILL from the platform (Kubernetes' "
+        "terminationGracePeriodSeconds, docker stop's timeout)",
     )
-    supervise.add_argument(
+    option(
         "--grace-margin",
-        type=float,
-        default=float(_env("GRACE_MARGIN", 5)),
-        metavar="SECONDS",
-        help="safety margin kept from the grace period (default: 5)",
+        float,
+        5,
+        "SECONDS",
+        "kept back from the grace period for the final upload and exit",
     )
-    supervise.add_argument(
-        "--max-restarts",
-        type=int,
-        default=int(_env("MAX_RESTARTS", 5)),
-        metavar="N",
-        help="crashes in a row without progress before giving up (default: 5)",
-    )
-    supervise.add_argument(
-        "--backoff-initial",
-        type=float,
-        default=float(_env("BACKOFF_INITIAL", 1.0)),
-        metavar="SECONDS",
-        help="delay before the first restart (default: 1)",
-    )
-    supervise.add_argument(
-        "--backoff-max",
-        type=float,
-        default=float(_env("BACKOFF_MAX", 60.0)),
-        metavar="SECONDS",
-        help="longest delay between restarts (default: 60)",
-    )
-    supervise.add_argument(
+    option("--max-restarts", int, 5, "N", "crashes in a row without progress before giving up")
+    option("--backoff-initial", float, 1.0, "SECONDS", "delay before the first restart")
+    option("--backoff-max", float, 60.0, "SECONDS", "longest delay between restarts")
+    option(
         "--fatal-exit-codes",
-        type=_exit_codes,
-        default=_exit_codes(
-            _env(
-                "FATAL_EXIT_CODES", ",".join(str(int(c)) for c in sorted(DEFAULT_FATAL_EXIT_CODES))
-            )
-        ),
-        metavar="LIST",
-        help="worker exit codes never retried (default: 64,65,73)",
+        _exit_codes,
+        ",".join(str(int(code)) for code in sorted(DEFAULT_FATAL_EXIT_CODES)),
+        "LIST",
+        "worker exit codes never retried",
     )
-    supervise.add_argument(
+    option(
+        "--lease-ttl",
+        float,
+        60,
+        "SECONDS",
+        "lifetime of the remote lease, renewed every third of it",
+    )
+    option(
+        "--lease-wait",
+        float,
+        90,
+        "SECONDS",
+        "how long to wait for another run's lease to expire before exiting 75",
+    )
+    option(
         "--preemption-notice",
+        str,
+        "none",
+        None,
+        "poll the cloud's metadata server for preemption notices and ask the worker for a "
+        "checkpoint when one comes",
         choices=NOTICE_KINDS,
-        default=_env("PREEMPTION_NOTICE", "none"),
-        help="poll the cloud's metadata server for preemption notices and ask "
-        "the worker for a checkpoint when one comes (default: none)",
     )
-    supervise.add_argument(
-        "--notice-poll-interval",
-        type=float,
-        default=float(_env("NOTICE_POLL_INTERVAL", 5.0)),
-        metavar="SECONDS",
-        help="seconds between metadata polls (default: 5)",
+    option("--notice-poll-interval", float, 5.0, "SECONDS", "seconds between metadata polls")
+    option("--gce-metadata-url", str, GCE_DEFAULT_BASE_URL, "URL", "GCE metadata server")
+    option("--aws-metadata-url", str, AWS_DEFAULT_BASE_URL, "URL", "AWS instance metadata server")
+    option("--run-id", str, None, "ID", "names the run in logs and records (default: random)")
+    option(
+        "--log-format",
+        str,
+        "text",
+        None,
+        "events on stderr as text or JSON lines",
+        choices=("text", "json"),
     )
-    supervise.add_argument(
-        "--gce-metadata-url",
-        default=_env("GCE_METADATA_URL", GCE_DEFAULT_BASE_URL),
-        metavar="URL",
-        help="metadata server base URL (default: the cloud's own)",
-    )
-    supervise.add_argument(
-        "--aws-metadata-url",
-        default=_env("AWS_METADATA_URL", AWS_DEFAULT_BASE_URL),
-        metavar="URL",
-        help="metadata server base URL (default: the cloud's own)",
-    )
-    supervise.add_argument(
-        "--run-id",
-        default=_env("RUN_ID", None),
-        help="name of this run in logs and checkpoints (default: random)",
-    )
-    supervise.add_argument(
-        "--log-format", choices=("text", "json"), default=_env("LOG_FORMAT", "text")
-    )
-    supervise.add_argument(
+    option(
         "--log-level",
-        default=_env("LOG_LEVEL", "INFO"),
+        str,
+        "INFO",
+        None,
+        "least severe event logged",
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
     )
     add_metrics_arguments(supervise)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from support import Supervised
+from support import Supervised, uninterrupted_reference
 
 
 @pytest.fixture
@@ -18,3 +18,9 @@ def supervise(tmp_path):
     yield start
     for run in started:
         run.kill()
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory) -> dict:
+    """The shared Keras training, uninterrupted (once per test process)."""
+    return uninterrupted_reference(tmp_path_factory.mktemp("reference"))

@@ -87,3 +87,29 @@ def read_report(path: Path) -> dict:
 
 def batch_log(path: Path) -> list[int]:
     return [int(line) for line in path.read_text().split()] if path.exists() else []
+
+
+# The small Keras training most end-to-end tests share (tests/workers/keras_worker.py).
+EPOCHS = 3
+BATCHES_PER_EPOCH = 16  # 128 samples / batch size 8
+TOTAL_BATCHES = EPOCHS * BATCHES_PER_EPOCH
+TRAINING = ["--epochs", str(EPOCHS), "--samples", "128", "--batch-size", "8", "--save-freq", "5"]
+
+
+def keras_worker_command(
+    report: Path, batches: Path, *extra: str, sleep: float = 0.05
+) -> list[str]:
+    return [PYTHON, str(WORKERS / "keras_worker.py"), *TRAINING, "--sleep", str(sleep),
+            "--report", str(report), "--batch-log", str(batches), *extra]  # fmt: skip
+
+
+def uninterrupted_reference(directory: Path) -> dict:
+    """Run the shared training once, never interrupted: its final digest, learning rate."""
+    report = directory / "report.json"
+    result = run_keras_worker(
+        [*TRAINING, "--sleep", "0", "--backup-dir", str(directory / "b"), "--report", str(report)]
+    )
+    assert result.returncode == 0, result.stderr
+    facts = read_report(report)
+    assert facts["batches"] == TOTAL_BATCHES
+    return facts

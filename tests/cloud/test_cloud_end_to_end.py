@@ -11,14 +11,20 @@ import time
 import psutil
 import pytest
 from emulators import GcsEmulator
-from support import PYTHON, WORKERS, batch_log, read_report, run_keras_worker, wait_for
+from support import (
+    BATCHES_PER_EPOCH,
+    PYTHON,
+    TOTAL_BATCHES,
+    WORKERS,
+    batch_log,
+    keras_worker_command,
+    read_report,
+    wait_for,
+)
 
 from ftharness.checkpoint.local import LocalCheckpointStore
 from ftharness.checkpoint.remote import RemoteCheckpointStore
 from ftharness.exitcodes import ExitCode
-
-EPOCHS, BATCHES_PER_EPOCH = 3, 16
-TRAINING = ["--epochs", str(EPOCHS), "--samples", "128", "--batch-size", "8", "--save-freq", "5"]
 
 
 def cloud_env(emulator) -> dict:
@@ -26,17 +32,6 @@ def cloud_env(emulator) -> dict:
         "FTHARNESS_STORAGE_OPTIONS": json.dumps(emulator.storage_options),
         "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
     }
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> dict:
-    directory = tmp_path_factory.mktemp("reference")
-    report = directory / "report.json"
-    result = run_keras_worker(
-        [*TRAINING, "--sleep", "0", "--backup-dir", str(directory / "b"), "--report", str(report)]
-    )
-    assert result.returncode == 0, result.stderr
-    return read_report(report)
 
 
 @pytest.mark.slow
@@ -49,17 +44,7 @@ def test_preempted_run_resumes_bit_identical_on_a_new_machine(
     report, batches = tmp_path / "report.json", tmp_path / "batches"
 
     def worker(sleep: float) -> list[str]:
-        return [
-            PYTHON,
-            str(WORKERS / "keras_worker.py"),
-            *TRAINING,
-            "--sleep",
-            str(sleep),
-            "--report",
-            str(report),
-            "--batch-log",
-            str(batches),
-        ]
+        return keras_worker_command(report, batches, sleep=sleep)
 
     first_machine = tmp_path / "machine-1"
     first = supervise(
@@ -85,7 +70,7 @@ def test_preempted_run_resumes_bit_identical_on_a_new_machine(
     facts = read_report(report)
     assert facts["digest"] == reference["digest"]
     assert facts["learning_rate"] == reference["learning_rate"]
-    assert batch_log(batches) == list(range(1, EPOCHS * BATCHES_PER_EPOCH + 1))
+    assert batch_log(batches) == list(range(1, TOTAL_BATCHES + 1))
 
 
 @pytest.mark.slow

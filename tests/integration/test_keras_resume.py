@@ -12,54 +12,34 @@ import signal
 from pathlib import Path
 
 import pytest
-from support import PYTHON, WORKERS, batch_log, read_report, run_keras_worker, wait_for
+from support import (
+    BATCHES_PER_EPOCH,
+    PYTHON,
+    TOTAL_BATCHES,
+    TRAINING,
+    batch_log,
+    keras_worker_command,
+    read_report,
+    run_keras_worker,
+    wait_for,
+)
 
 from ftharness.checkpoint.local import LocalCheckpointStore
 from ftharness.exitcodes import ExitCode
 
 pytestmark = pytest.mark.slow
 
-EPOCHS = 3
-BATCHES_PER_EPOCH = 16  # 128 samples / batch size 8
-TOTAL_BATCHES = EPOCHS * BATCHES_PER_EPOCH
-TRAINING = ["--epochs", str(EPOCHS), "--samples", "128", "--batch-size", "8", "--save-freq", "5"]
-
-
-def worker_command(report: Path, batches: Path, *extra: str, sleep: float = 0.05) -> list[str]:
-    return [
-        PYTHON,
-        str(WORKERS / "keras_worker.py"),
-        *TRAINING,
-        "--sleep",
-        str(sleep),
-        "--report",
-        str(report),
-        "--batch-log",
-        str(batches),
-        *extra,
-    ]
-
-
-@pytest.fixture(scope="session")
-def reference(tmp_path_factory) -> dict:
-    """The uninterrupted run: final digest, learning rate, batch count."""
-    directory = tmp_path_factory.mktemp("reference")
-    report = directory / "report.json"
-    result = run_keras_worker(
-        [*TRAINING, "--sleep", "0", "--backup-dir", str(directory / "b"), "--report", str(report)]
-    )
-    assert result.returncode == 0, result.stderr
-    facts = read_report(report)
-    assert facts["batches"] == TOTAL_BATCHES
-    return facts
-
 
 @pytest.fixture(scope="session")
 def interrupted_backups(tmp_path_factory) -> Path:
-    """Checkpoints of a run that crashed at step 23 (committed: 15 and 20)."""
+    """Checkpoints of a run that crashed at step 23 (committed: 15 and 20).
+
+    Saved synchronously, so that which checkpoints exist does not depend on
+    how far a background write got before the crash.
+    """
     directory = tmp_path_factory.mktemp("interrupted") / "b"
     result = run_keras_worker(
-        [*TRAINING, "--sleep", "0", "--backup-dir", str(directory)],
+        [*TRAINING, "--sleep", "0", "--sync-save", "--backup-dir", str(directory)],
         env={"EXIT_AT_STEP": "23", "EXIT_CODE": "1"},
     )
     assert result.returncode == 1, result.stderr
@@ -70,7 +50,7 @@ def interrupted_backups(tmp_path_factory) -> Path:
 def test_sigterm_mid_epoch_then_restart_ends_bit_identical(supervise, tmp_path, reference):
     """The article's case: a per-batch LR schedule with its counter in a callback."""
     backup, report, batches = tmp_path / "b", tmp_path / "report.json", tmp_path / "batches"
-    first = supervise(["--backup-dir", str(backup), "--", *worker_command(report, batches)])
+    first = supervise(["--backup-dir", str(backup), "--", *keras_worker_command(report, batches)])
     # Preempt in the middle of the second epoch, past the last periodic save.
     wait_for(lambda: len(batch_log(batches)) >= BATCHES_PER_EPOCH + 7, 90, "mid-epoch training")
     first.process.send_signal(signal.SIGTERM)
@@ -83,7 +63,7 @@ def test_sigterm_mid_epoch_then_restart_ends_bit_identical(supervise, tmp_path, 
     assert "final checkpoint in" in first.log
 
     second = supervise(
-        ["--backup-dir", str(backup), "--", *worker_command(report, batches, sleep=0)],
+        ["--backup-dir", str(backup), "--", *keras_worker_command(report, batches, sleep=0)],
         name="second",
     )
     assert second.wait(120) == ExitCode.FINISHED
@@ -107,7 +87,7 @@ def test_sigkilled_worker_is_relaunched_and_ends_bit_identical(supervise, tmp_pa
             "--backoff-initial",
             "0.1",
             "--",
-            *worker_command(report, batches),
+            *keras_worker_command(report, batches),
         ],
         env={"WORKER_PID_FILE": str(pid_file)},
     )
@@ -135,7 +115,7 @@ def test_sigkill_inside_a_checkpoint_write_is_never_loaded(supervise, tmp_path, 
             "--backoff-initial",
             "0.1",
             "--",
-            *worker_command(report, batches, sleep=0),
+            *keras_worker_command(report, batches, sleep=0),
         ],
         env={"KILL_DURING_WRITE_AT_STEP": "25"},
     )
@@ -155,7 +135,9 @@ def test_corrupt_newest_manifest_falls_back_to_the_previous_checkpoint(
     shutil.copytree(interrupted_backups, backup)
     (backup / "ckpt-000000000020" / "manifest.json").write_text('{"format": "ftharness-chec')
     report, batches = tmp_path / "report.json", tmp_path / "batches"
-    run = supervise(["--backup-dir", str(backup), "--", *worker_command(report, batches, sleep=0)])
+    run = supervise(
+        ["--backup-dir", str(backup), "--", *keras_worker_command(report, batches, sleep=0)]
+    )
     assert run.wait(120) == ExitCode.FINISHED
     assert "ckpt-000000000020 is corrupt: unreadable manifest" in run.log
     assert "restored ckpt-000000000015" in run.log
@@ -176,7 +158,9 @@ def test_truncated_arrays_file_falls_back_to_the_previous_checkpoint(
     with open(arrays, "r+b") as file:
         file.truncate(size // 2)
     report, batches = tmp_path / "report.json", tmp_path / "batches"
-    run = supervise(["--backup-dir", str(backup), "--", *worker_command(report, batches, sleep=0)])
+    run = supervise(
+        ["--backup-dir", str(backup), "--", *keras_worker_command(report, batches, sleep=0)]
+    )
     assert run.wait(120) == ExitCode.FINISHED
     assert f"arrays.bin has {size // 2} bytes, manifest says {size}" in run.log
     assert "restored ckpt-000000000015" in run.log
@@ -199,7 +183,7 @@ def test_checkpoint_of_another_architecture_is_refused_and_kept(
             "--backup-dir",
             str(backup),
             "--",
-            *worker_command(report, batches, "--hidden-units", "32", sleep=0),
+            *keras_worker_command(report, batches, "--hidden-units", "32", sleep=0),
         ]
     )
     assert run.wait(120) == ExitCode.INCOMPATIBLE_CHECKPOINT
