@@ -107,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--save-freq", default="10", help="'epoch' or a number of batches")
     parser.add_argument(
+        "--sync-save", action="store_true", help="commit each checkpoint before training goes on"
+    )
+    parser.add_argument(
         "--sleep",
         type=float,
         default=float(os.environ.get("BATCH_SLEEP", 0.1)),
@@ -132,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         shuffle=True,
         verbose=0,
         callbacks=[
-            ftharness.keras.BackupAndRestore(backup_dir=args.backup_dir, save_freq=save_freq),
+            ftharness.keras.BackupAndRestore(
+                backup_dir=args.backup_dir, save_freq=save_freq, async_save=not args.sync_save
+            ),
             scheduler,
             SlowDown(args.sleep),
         ],

@@ -48,6 +48,13 @@ class IncompatibleCheckpointError(WorkerError, CheckpointError):
     exit_code = ExitCode.INCOMPATIBLE_CHECKPOINT
 
 
+class TrainingArgumentsChangedError(WorkerError):
+    """Training was restarted with other arguments (epochs, batch size, ...) than
+    the checkpoint was written under; resuming would not continue the same run."""
+
+    exit_code = ExitCode.USAGE_ERROR
+
+
 class BackupDirUnusableError(WorkerError):
     exit_code = ExitCode.BACKUP_DIR_UNUSABLE
 

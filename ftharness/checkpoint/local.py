@@ -16,11 +16,12 @@ import os
 import secrets
 import shutil
 import time
-import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from ftharness.checkpoint.checksum import crc32
+from ftharness.checkpoint.durable import write_durable
 from ftharness.checkpoint.manifest import (
     MANIFEST_NAME,
     CorruptCheckpointError,
@@ -154,32 +155,55 @@ class LocalCheckpointStore:
         writer: WriterInfo,
     ) -> CheckpointRef:
         """Write `files` and commit them as checkpoint `step`, atomically."""
-        name = checkpoint_name(step)
-        final = self.directory / name
-        temporary = (
-            self.directory / f"{TEMPORARY_PREFIX}{name}-{os.getpid()}-{secrets.token_hex(3)}"
-        )
-        temporary.mkdir(parents=True)
+        temporary = self.new_temporary(checkpoint_name(step))
         try:
             entries = {
                 file_name: _write_file(temporary / file_name, chunks)
                 for file_name, chunks in files.items()
             }
             manifest = Manifest(step=step, epoch=epoch, batch=batch, files=entries, writer=writer)
-            _write_file(temporary / MANIFEST_NAME, [manifest.to_json().encode()])
-            _fsync_directory(temporary)
-            if final.exists():
-                # Same step committed before (a final save right after a
-                # periodic one, or a resumed attempt): the state is the same.
-                log.debug("checkpoint %s already committed; keeping it", name)
-                shutil.rmtree(temporary)
-                return CheckpointRef(name, step, final)
-            os.rename(temporary, final)
-            _fsync_directory(self.directory)
+            return self._publish(temporary, manifest)
         except BaseException:
             shutil.rmtree(temporary, ignore_errors=True)
             raise
-        return CheckpointRef(name, step, final)
+
+    def new_temporary(self, name: str) -> Path:
+        """A fresh temporary sibling directory for building checkpoint `name`."""
+        token = f"{os.getpid()}-{secrets.token_hex(3)}"
+        temporary = self.directory / f"{TEMPORARY_PREFIX}{name}-{token}"
+        temporary.mkdir(parents=True)
+        return temporary
+
+    def adopt(self, temporary: Path, manifest: Manifest) -> CheckpointRef:
+        """Commit data files produced elsewhere (a download) under `manifest`.
+
+        The files in `temporary` are verified against the manifest first; on
+        any mismatch nothing is committed and CorruptCheckpointError is raised.
+        """
+        try:
+            for file_name, entry in manifest.files.items():
+                _read_verified(temporary / file_name, entry, str(temporary), keep=False)
+                _fsync_file(temporary / file_name)
+            return self._publish(temporary, manifest)
+        except BaseException:
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise
+
+    def _publish(self, temporary: Path, manifest: Manifest) -> CheckpointRef:
+        """Manifest last, then the rename that makes the checkpoint exist."""
+        name = checkpoint_name(manifest.step)
+        final = self.directory / name
+        _write_file(temporary / MANIFEST_NAME, [manifest.to_json().encode()])
+        _fsync_directory(temporary)
+        if final.exists():
+            # Same step committed before (a final save right after a
+            # periodic one, or a resumed attempt): the state is the same.
+            log.debug("checkpoint %s already committed; keeping it", name)
+            shutil.rmtree(temporary)
+            return CheckpointRef(name, manifest.step, final)
+        os.rename(temporary, final)
+        _fsync_directory(self.directory)
+        return CheckpointRef(name, manifest.step, final)
 
     def apply_retention(self, keep: int) -> list[CheckpointRef]:
         """Delete all but the newest `keep` committed checkpoints; returns the deleted."""
@@ -219,15 +243,8 @@ class LocalCheckpointStore:
 
 
 def _write_file(path: Path, chunks: Iterable[bytes | memoryview]) -> FileEntry:
-    size = 0
-    crc = 0
-    with open(path, "wb") as file:
-        for chunk in chunks:
-            file.write(chunk)
-            crc = zlib.crc32(chunk, crc)
-            size += len(memoryview(chunk).cast("B"))
-        file.flush()
-        os.fsync(file.fileno())
+    # Written, checksummed and fsynced in one pass (see checkpoint.durable).
+    size, crc = write_durable(path, chunks)
     return FileEntry(size=size, crc32=crc)
 
 
@@ -250,11 +267,19 @@ def _read_verified(path: Path, entry: FileEntry, location: str, keep: bool = Tru
             count = file.readinto(target[: min(len(target), _READ_CHUNK)])
             if not count:
                 break
-            crc = zlib.crc32(target[:count], crc)
+            crc = crc32(target[:count], crc)
             offset += count
     if crc != entry.crc32:
         raise CorruptCheckpointError(location, f"{path.name} fails its checksum")
     return buffer if keep else bytearray()
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_directory(path: Path) -> None:

@@ -6,10 +6,24 @@ See the class docstring for the lifecycle.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import keras
 
-from ftharness.keras import _internals, state
+from ftharness.checkpoint.background import BackgroundWriteError, BackgroundWriter
+from ftharness.checkpoint.manifest import checkpoint_name
+from ftharness.keras import (
+    _internals,
+    callback_states,
+    data_position,
+    exactness,
+    fit_args,
+    rng,
+    state,
+)
+from ftharness.keras.data_position import DataPosition, DataTracker
 from ftharness.keras.state import Position, Snapshot
 from ftharness.worker import WorkerError, WorkerSession, exit_with
 
@@ -20,17 +34,26 @@ class BackupAndRestore(keras.callbacks.Callback):
     """Back up the whole training state; resume at the exact next batch.
 
     A drop-in for `keras.callbacks.BackupAndRestore` (it takes the same
-    arguments) that also saves what Keras's own forgets: the step within the
-    epoch, the optimizer's step and slots, metric accumulators, Python's and
-    NumPy's RNG states, and the state of every other callback of the `fit()`
-    that has `get_state()` / `set_state(state)` (JSON-serialisable).
+    arguments) that also saves what Keras's own forgets: the position in the
+    data (the exact next batch, also of a reshuffling `tf.data` pipeline),
+    the optimizer's step and slots, metric accumulators, the global random
+    generators (Python, NumPy, TensorFlow's, `keras.random`'s), the state of
+    Keras's stateful built-in callbacks (History, EarlyStopping,
+    ReduceLROnPlateau, ModelCheckpoint, CSVLogger) and of every other
+    callback that has `get_state()` / `set_state(state)` (JSON-serialisable),
+    and the `fit()` arguments, so that a restart under other ones is refused.
+    What cannot be restored exactly (a Python generator as input, ...) is
+    said at start, in one line.
 
     Lifecycle:
     - `on_train_begin`: takes the checkpoint directory's lock, restores the
       newest checkpoint that verifies (a corrupt newer one is reported and
       moved aside), and positions `fit()` at the exact next batch: batches
       already trained in the interrupted epoch are read from the data and
-      dropped, never trained twice.
+      dropped, never trained twice (see `data_position`).
+    - the resumed epoch's `on_epoch_begin`: Keras calls every callback's
+      `on_epoch_begin` again for it; what they change (their state, the
+      learning rate) is put back to the checkpoint's.
     - every `save_freq` batches (or at each epoch end with `"epoch"`): a
       checkpoint is committed atomically; the newest `keep` are kept.
     - on SIGTERM, SIGINT or SIGHUP: a final checkpoint at the next batch
@@ -63,6 +86,18 @@ class BackupAndRestore(keras.callbacks.Callback):
             Defaults to `False` (Keras's own defaults to `True`).
         keep: committed checkpoints to keep (default: the supervisor's
             `--keep`, else 2).
+        async_save: write checkpoints in the background (default): training
+            stalls only while the state is copied to host memory; a save
+            requested while the previous one is still being written waits
+            for it. The final checkpoint on a stop signal is always committed
+            before the process exits. `False` commits every checkpoint before
+            training goes on.
+        allow_changed_fit_args: resume even if `fit()` was called with other
+            `epochs`, batch size, epoch length or input than the checkpoint
+            was written under (default `False`: refused, exit 64).
+        pickle_callbacks: callbacks without `get_state()` whose attributes
+            are saved by pickling. Unpickling runs code from the checkpoint:
+            use it only for storage you trust.
     """
 
     def __init__(
@@ -72,6 +107,9 @@ class BackupAndRestore(keras.callbacks.Callback):
         double_checkpoint: bool = False,
         delete_checkpoint: bool = False,
         keep: int | None = None,
+        async_save: bool = True,
+        allow_changed_fit_args: bool = False,
+        pickle_callbacks: Sequence[keras.callbacks.Callback] = (),
     ) -> None:
         super().__init__()
         if (
@@ -92,9 +130,19 @@ class BackupAndRestore(keras.callbacks.Callback):
         self._session: WorkerSession | None = None
         self._callback_list = None
         self._position = Position(epoch=0, batch=0, step=0)
+        self.allow_changed_fit_args = allow_changed_fit_args
+        self.pickle_callbacks = list(pickle_callbacks)
         self._resume_batches_to_skip = 0  # batches of the resumed epoch already trained
-        self._undo_skip = None
-        self._last_saved_step: int | None = None
+        self._tracker = DataTracker(None, data_position.INPUT_OTHER)
+        self._train_function: _internals.TrainFunctionWrapper | None = None
+        self._saved_callbacks: list[callback_states.SavedCallback] = []
+        self._fit_fingerprint: dict = {}
+        self._input = None  # a PyDataset with get_state()/set_state(), if fit() got one
+        self._mid_epoch: _MidEpochResume | None = None
+        self._reenter_first: _internals.RunFirstOnce | None = None
+        self._last_saved_step: int | None = None  # committed, or being committed
+        self.async_save = async_save
+        self._writer = BackgroundWriter()
 
     # -- lifecycle, in the order Keras calls it ----------------------------
 
@@ -108,6 +156,7 @@ class BackupAndRestore(keras.callbacks.Callback):
     def on_train_begin(self, logs=None) -> None:
         try:
             self._session = WorkerSession.open(self.backup_dir, self.keep)
+            self._begin()
             self._restore()
         except WorkerError as error:
             self._close()
@@ -117,9 +166,14 @@ class BackupAndRestore(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None) -> None:
         if self._position.epoch != epoch:  # a fresh epoch, not the resumed one
             self._position = Position(epoch=epoch, batch=0, step=self._position.step)
+        if self._mid_epoch is not None:
+            self._tracker.begin_resumed_epoch(self._mid_epoch.batches_done)
+            if self._reenter_first is None:  # no callback list to go first in
+                self._reenter_epoch()
 
     def on_train_batch_end(self, batch, logs=None) -> None:
         done_in_epoch = self._resume_batches_to_skip + batch + 1
+        self._tracker.batches_trained(done_in_epoch - self._position.batch)
         self._position = Position(
             epoch=self._position.epoch,
             batch=done_in_epoch,
@@ -127,10 +181,6 @@ class BackupAndRestore(keras.callbacks.Callback):
         )
         steps_in_epoch = self.params.get("steps") if self.params else None
         at_epoch_end = steps_in_epoch is not None and done_in_epoch >= steps_in_epoch
-        if at_epoch_end and self._resume_batches_to_skip:
-            # The resumed epoch has no more data (its first batches were
-            # skipped): end it here rather than let fit() run dry.
-            _internals.end_epoch_early(self.model)
         if at_epoch_end:
             # Saves at the last batch wait for on_epoch_end, so that the
             # checkpoint holds the epoch's validation and callbacks' results.
@@ -143,10 +193,19 @@ class BackupAndRestore(keras.callbacks.Callback):
         ):
             self._save()
         if flags.stop_signal is not None:
+            # Also when the signal came after the check above: the final
+            # checkpoint holds this boundary's state and is committed (with any
+            # write in flight) before the process exits.
+            self._save()
             self._session.exit_preempted()
 
     def on_epoch_end(self, epoch, logs=None) -> None:
-        _internals.clear_end_epoch_early(self.model)
+        self._tracker.at_epoch_end()
+        self._tracker.end_resumed_epoch()
+        if self._reenter_first is not None:
+            self._reenter_first.remove()  # if the epoch had no batch left
+            self._reenter_first = None
+        self._mid_epoch = None
         self._resume_batches_to_skip = 0
         self._position = Position(epoch=epoch + 1, batch=0, step=self._position.step)
         flags = self._session.flags
@@ -158,11 +217,19 @@ class BackupAndRestore(keras.callbacks.Callback):
         ):
             self._save()
         if flags.stop_signal is not None:
+            self._save()  # as in on_train_batch_end
             self._session.exit_preempted()
 
     def on_train_end(self, logs=None) -> None:
-        if self._undo_skip is not None:
-            self._undo_skip()
+        # The last checkpoint is committed (or its error raised) before
+        # checkpoints are deleted or the directory's lock is released.
+        try:
+            self._writer.wait()
+        except BackgroundWriteError:
+            self._close()
+            raise
+        if self._train_function is not None:
+            self._train_function.remove()
         _internals.clear_initial_epoch(self.model)
         if self.delete_checkpoint and self._session is not None:
             for ref in self._session.store.list_committed():
@@ -181,29 +248,102 @@ class BackupAndRestore(keras.callbacks.Callback):
         )
 
     def _save(self) -> None:
+        """Snapshot the state into host memory; commit it in the background.
+
+        Training waits only for the snapshot. With a stop signal pending this
+        is the final checkpoint, committed before `_save` returns.
+        """
+        final = self._session.flags.stop_signal is not None
+        # One snapshot in memory at a time: the previous write is committed
+        # (or failed) before the next snapshot is taken. Why we wait rather
+        # than skip: ftharness.checkpoint.background.
+        try:
+            self._writer.make_room()
+        except BackgroundWriteError as error:
+            self._last_saved_step = None  # that write never committed
+            if not final:
+                raise
+            # The final checkpoint holds newer state than the lost one: write it.
+            log.error("%s; writing the final checkpoint anyway", error)
         if self._last_saved_step == self._position.step:
-            return  # already committed at this very boundary
-        snapshot = Snapshot(
-            position=self._position,
-            arrays=state.capture_arrays(self.model),
+            return  # already committed (or being committed) at this very boundary
+        stall_started = time.monotonic()
+        position = self._position
+        # Everything mutable is copied here, on the training thread: the
+        # arrays (real copies: later steps cannot touch them) and the other
+        # callbacks' states (serialised to JSON bytes by files()). The writer
+        # thread then only reads this private copy.
+        files = self._snapshot(position).files()
+        stalled = time.monotonic() - stall_started
+        session = self._session
+
+        def commit() -> None:  # on the writer thread
+            started = time.monotonic()
+            ref = session.commit(
+                step=position.step, epoch=position.epoch, batch=position.batch, files=files
+            )
+            log.info(
+                "checkpoint %s committed (epoch %d, batch %d): training stalled %.3f s, "
+                "written in %.3f s",
+                ref.name,
+                position.epoch,
+                position.batch,
+                stalled,
+                time.monotonic() - started,
+            )
+
+        self._last_saved_step = position.step
+        self._writer.submit(commit, checkpoint_name(position.step))
+        if final or not self.async_save:
+            try:
+                self._writer.wait()
+            except BackgroundWriteError:
+                self._last_saved_step = None
+                raise
+
+    def _snapshot(self, position: Position) -> Snapshot:
+        """Everything a resume needs, copied on the training thread."""
+        at_epoch_boundary = position.batch == 0
+        arrays = state.capture_arrays(self.model)
+        callback_entries, callback_arrays = callback_states.capture(self._saved_callbacks)
+        arrays.update(callback_arrays)
+        return Snapshot(
+            position=position,
+            arrays=arrays,
             json_state={
-                "rng": state.capture_rng_state(),
-                "callbacks": self._callback_states(),
+                "rng": rng.capture(),
+                "callbacks": callback_entries,
+                "data": self._tracker.position(at_epoch_boundary).to_json(),
+                "input": self._input_state(),
+                "fit": self._fit_fingerprint,
             },
         )
-        ref = self._session.commit(
-            step=snapshot.position.step,
-            epoch=snapshot.position.epoch,
-            batch=snapshot.position.batch,
-            files=snapshot.files(),
+
+    def _begin(self) -> None:
+        """Find the running fit(), its data and the callbacks to save; say what is not exact."""
+        fit_call = _internals.running_fit(self.model)
+        x = fit_call.arguments.get("x") if fit_call is not None else None
+        kind = data_position.input_kind(x) if fit_call is not None else data_position.INPUT_OTHER
+        self._tracker = DataTracker(fit_call, kind)
+        self._train_function = _internals.TrainFunctionWrapper(
+            self.model, self._tracker.before_train_step
         )
-        self._last_saved_step = self._position.step
-        log.info(
-            "checkpoint %s committed (epoch %d, batch %d)",
-            ref.name,
-            self._position.epoch,
-            self._position.batch,
+        callback_states.check_picklable(self.pickle_callbacks)
+        callbacks = self._callback_list.callbacks if self._callback_list is not None else []
+        self._saved_callbacks = callback_states.saved_callbacks(
+            callbacks, exclude=self, pickled=self.pickle_callbacks
         )
+        has_state = callable(getattr(x, "get_state", None)) and callable(
+            getattr(x, "set_state", None)
+        )
+        self._input = x if kind == data_position.INPUT_PYDATASET and has_state else None
+        self._fit_fingerprint = fit_args.fingerprint(fit_call, self.params, kind)
+        reasons = exactness.limits(fit_call, kind)
+        if reasons:
+            log.warning("a resume of this training will not be exact: %s", "; ".join(reasons))
+
+    def _input_state(self):
+        return self._input.get_state() if self._input is not None else None
 
     def _restore(self) -> None:
         model = self.model
@@ -215,44 +355,89 @@ class BackupAndRestore(keras.callbacks.Callback):
         location = str(loaded.ref.path)
         restored = state.parse(loaded.files, location)
         variables = state.training_variables(model)
-        state.check_compatible(
-            variables, [e for e, _ in restored.arrays[state.GROUP_TRAINING]], location, "training"
+        training_arrays = restored.arrays[state.GROUP_TRAINING]
+        state.check_compatible(variables, [e for e, _ in training_arrays], location, "training")
+        fit_args.check(
+            restored.json_state.get("fit"),
+            self._fit_fingerprint,
+            allow=self.allow_changed_fit_args,
+            location=location,
         )
-        self._check_callbacks(restored.json_state.get("callbacks", []), location)
-        state.assign(variables, restored.arrays[state.GROUP_TRAINING])
-        state.restore_rng_state(restored.json_state["rng"])
-        self._restore_callback_states(restored.json_state.get("callbacks", []))
+        state.assign(variables, training_arrays)
+        rng.restore(restored.json_state["rng"])
+        callback_entries = restored.json_state.get("callbacks", [])
+        callback_states.restore(self._saved_callbacks, callback_entries, restored.arrays, location)
+        saved_input = restored.json_state.get("input")
+        if self._input is not None and saved_input is not None:
+            self._input.set_state(saved_input)
 
-        self._position = restored.position
-        self._last_saved_step = restored.position.step
-        _internals.set_initial_epoch(model, restored.position.epoch)
-        if restored.position.batch > 0:
-            self._resume_batches_to_skip = restored.position.batch
-            self._undo_skip = _internals.skip_batches_on_next_step(
-                model,
-                restored.position.batch,
-                after_skip=lambda batch: self._restore_metrics(
-                    batch, restored.arrays.get(state.GROUP_METRICS)
-                ),
+        position = restored.position
+        self._position = position
+        self._last_saved_step = position.step
+        _internals.set_initial_epoch(model, position.epoch)
+        # Checkpoints of format 1 knew only the batch within the epoch.
+        data = DataPosition.from_json(
+            restored.json_state.get("data") or {"iterators_before": 0, "skip": position.batch}
+        )
+        if position.batch > 0:
+            self._resume_batches_to_skip = position.batch
+            self._mid_epoch = _MidEpochResume(
+                batches_done=position.batch,
+                training_arrays=training_arrays,
+                callback_entries=callback_entries,
+                arrays=restored.arrays,
+                input=saved_input,
+                rng=restored.json_state["rng"],
+                location=location,
             )
+            self._reenter_first = _internals.run_first_once(
+                self._callback_list, on_train_batch_begin=self._reenter_epoch
+            )
+            after_skip = self._restore_metrics
+        else:
+            after_skip = None
+        self._tracker.prepare_resume(data, after_skip)
         log.info(
             "restored %s: resuming at epoch %d, batch %d (step %d)",
             loaded.ref.name,
-            restored.position.epoch,
-            restored.position.batch,
-            restored.position.step,
+            position.epoch,
+            position.batch,
+            position.step,
         )
 
-    def _restore_metrics(self, data_batch, values) -> None:
+    def _reenter_epoch(self) -> None:
+        """Before the resumed epoch's first batch, ahead of every other callback.
+
+        Keras has run the epoch's start again: every callback's
+        `on_epoch_begin` and the input's (a PyDataset's `on_epoch_begin`).
+        What they changed goes back to the checkpoint's: callbacks' and the
+        input's states, the variables (a LearningRateScheduler sets the
+        learning rate), the global random generators.
+        """
+        resume = self._mid_epoch
+        if resume is None:
+            return
+        state.assign(state.training_variables(self.model), resume.training_arrays)
+        callback_states.restore(
+            self._saved_callbacks, resume.callback_entries, resume.arrays, resume.location
+        )
+        if self._input is not None and resume.input is not None:
+            self._input.set_state(resume.input)
+        rng.restore(resume.rng)
+
+    def _restore_metrics(self, data_batch) -> None:
         """Put back the metric accumulators of the resumed epoch's first batches.
 
         Runs just before the first train step after a mid-epoch resume: fit()
         reset the metrics at epoch begin, and builds them only when it first
         traces the train step.
         """
+        values = self._mid_epoch.arrays.get(state.GROUP_METRICS) if self._mid_epoch else None
         if not values:
             return
         if len(state.metric_variables(self.model)) != len(values):
+            if data_batch is None:
+                return
             _internals.build_metrics(self.model, data_batch)
         variables = state.metric_variables(self.model)
         if [tuple(v.shape) for v in variables] != [entry.shape for entry, _ in values]:
@@ -263,43 +448,20 @@ class BackupAndRestore(keras.callbacks.Callback):
             return
         state.assign(variables, values)
 
-    # -- other callbacks -----------------------------------------------------
-
-    def _stateful_callbacks(self) -> list:
-        if self._callback_list is None:
-            return []
-        return [
-            c
-            for c in self._callback_list.callbacks
-            if c is not self
-            and callable(getattr(c, "get_state", None))
-            and callable(getattr(c, "set_state", None))
-        ]
-
-    def _callback_states(self) -> list[dict]:
-        return [
-            {"class": type(c).__qualname__, "state": c.get_state()}
-            for c in self._stateful_callbacks()
-        ]
-
-    def _check_callbacks(self, saved: list[dict], location: str) -> None:
-        current = [type(c).__qualname__ for c in self._stateful_callbacks()]
-        saved_classes = [entry["class"] for entry in saved]
-        if current != saved_classes:
-            log.warning(
-                "the callbacks with state differ from the checkpoint's (%s now, %s in %s); "
-                "their state is restored where the classes match in order",
-                current,
-                saved_classes,
-                location,
-            )
-
-    def _restore_callback_states(self, saved: list[dict]) -> None:
-        for callback, entry in zip(self._stateful_callbacks(), saved, strict=False):
-            if type(callback).__qualname__ == entry["class"]:
-                callback.set_state(entry["state"])
-
     def _close(self) -> None:
         if self._session is not None:
             self._session.close()
             self._session = None
+
+
+@dataclass(frozen=True)
+class _MidEpochResume:
+    """What is put back before the resumed epoch's first batch (`_reenter_epoch`)."""
+
+    batches_done: int
+    training_arrays: list
+    callback_entries: list
+    arrays: dict
+    input: object  # the PyDataset's get_state() at the checkpoint, or None
+    rng: dict  # the checkpoint's global generators (rng.capture)
+    location: str

@@ -1,14 +1,14 @@
 """Capture and restore the whole training state of a Keras model.
 
 Arrays (model variables, optimizer slots and step, metric accumulators, the
-seed generators' states) go to one binary file; everything else (position in
-training, RNG states, other callbacks' states) is plain JSON.
+seed generators' states, arrays of callbacks' states) go to one binary file;
+everything else (position in training and in the data, RNG states, other
+callbacks' states) is plain JSON.
 """
 
 from __future__ import annotations
 
 import json
-import random
 from dataclasses import dataclass, field
 
 import keras
@@ -18,12 +18,17 @@ from ftharness.checkpoint import arrays
 from ftharness.checkpoint.arrays import ArrayEntry
 from ftharness.worker import IncompatibleCheckpointError
 
-STATE_FORMAT_VERSION = 1
+# 2 added the data position, the input's and the callbacks' kinds of state,
+# the global TF/Keras generators and the fit() arguments; 1 is still read.
+STATE_FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = frozenset({1, 2})
 ARRAYS_FILE = "arrays.bin"
 STATE_FILE = "state.json"
 
 # Arrays are grouped by when they are restored: model and optimizer at
-# on_train_begin; metrics at the first on_epoch_begin (fit resets them there).
+# on_train_begin; metrics just before the first train step of a mid-epoch
+# resume (fit resets them at epoch begin); callbacks' arrays with their JSON
+# state (groups "callback.N").
 GROUP_TRAINING = "training"
 GROUP_METRICS = "metrics"
 
@@ -89,23 +94,6 @@ def capture_arrays(model: keras.Model) -> dict[str, list[tuple[str, np.ndarray]]
     }
 
 
-def capture_rng_state() -> dict:
-    """Python's and NumPy's global generators (TF's live in variables)."""
-    version, internal, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "python": [version, list(internal), gauss],
-        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
-    }
-
-
-def restore_rng_state(state: dict) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-
-
 @dataclass
 class LoadedState:
     position: Position
@@ -117,10 +105,10 @@ def parse(files: dict[str, bytearray], location: str) -> LoadedState:
     try:
         state = json.loads(files[STATE_FILE])
         version = int(state["format_version"])
-        if version != STATE_FORMAT_VERSION:
+        if version not in READABLE_FORMAT_VERSIONS:
             raise IncompatibleCheckpointError(
                 f"checkpoint {location} has state format {version}; this ftharness reads "
-                f"{STATE_FORMAT_VERSION}"
+                f"{sorted(READABLE_FORMAT_VERSIONS)}"
             )
         position = Position(**state.pop("position"))
         index = {

@@ -9,6 +9,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from ftharness.keras import _internals
 
@@ -100,45 +101,6 @@ def test_the_calling_callback_list_is_found_and_reordered():
     assert order == ["a", "b", "ours"]
 
 
-def test_skipping_batches_drops_them_from_the_data_before_the_next_step():
-    model = recorder_model()
-    skipped_first = []
-    hook = Hook(
-        on_train_begin=lambda m: _internals.skip_batches_on_next_step(
-            m, 3, after_skip=lambda batch: skipped_first.append(float(batch[0][0, 0]))
-        )
-    )
-    model.fit(*DATA, batch_size=1, epochs=1, shuffle=False, verbose=0, callbacks=[hook])
-    assert skipped_first == [0.0]
-    assert model.seen[:2] == [3.0, 4.0]
-    assert len(model.seen) == 5  # Keras sees the data run out after the skip
-
-
-def test_ending_an_epoch_early_continues_with_the_next_epoch():
-    model = recorder_model()
-    hook = Hook(
-        on_batch_end=lambda m, batch: _internals.end_epoch_early(m) if len(m.seen) == 2 else None,
-        on_epoch_end=lambda m, epoch: _internals.clear_end_epoch_early(m),
-    )
-    model.fit(*DATA, batch_size=2, epochs=2, shuffle=False, verbose=0, callbacks=[hook])
-    assert model.seen == [0.0, 2.0, 0.0, 2.0, 4.0, 6.0]
-
-
-def test_a_stop_asked_by_another_callback_still_stops_training():
-    model = recorder_model()
-
-    def stop_for_real(m, epoch):
-        m.stop_training = True  # as EarlyStopping does
-
-    hook = Hook(
-        on_batch_end=lambda m, batch: _internals.end_epoch_early(m) if len(m.seen) == 1 else None,
-        on_epoch_end=stop_for_real,
-    )
-    clearer = Hook(on_epoch_end=lambda m, epoch: _internals.clear_end_epoch_early(m))
-    model.fit(*DATA, batch_size=2, epochs=3, shuffle=False, verbose=0, callbacks=[hook, clearer])
-    assert hook.epochs == [0]
-
-
 def test_building_metrics_creates_their_variables_without_changing_state():
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer="sgd", loss="mse", metrics=["mae"])
@@ -148,3 +110,205 @@ def test_building_metrics_creates_their_variables_without_changing_state():
     assert len(model.metrics_variables) > before
     assert all(float(np.sum(v.numpy())) == 0.0 for v in model.metrics_variables)
     assert all(np.array_equal(a, w.numpy()) for a, w in zip(weights, model.weights, strict=True))
+
+
+# -- the running fit() and its EpochIterator ------------------------------------------
+
+
+class Spy(keras.callbacks.Callback):
+    """Records what the internals see at each hook of a real fit()."""
+
+    def __init__(self):
+        super().__init__()
+        self.fit_call = None
+        self.iterators_seen: list = []
+        self.kept_at_epoch_end: list = []
+        self.on_begin = None
+        self.on_epoch = None
+
+    def on_train_begin(self, logs=None):
+        self.fit_call = _internals.running_fit(self.model)
+        _internals.TrainFunctionWrapper(self.model, self.iterators_seen.append)
+        if self.on_begin:
+            self.on_begin(self)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.on_epoch:
+            self.on_epoch(self, epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        it = _internals.current_data_iterator(self.fit_call.epoch_iterator)
+        self.kept_at_epoch_end.append(it)
+
+
+def test_the_running_fit_shows_its_arguments_and_epoch_iterator():
+    model = recorder_model()
+    spy = Spy()
+    model.fit(*DATA, batch_size=4, epochs=1, shuffle=False, verbose=0, callbacks=[spy])
+    assert spy.fit_call is not None
+    assert spy.fit_call.arguments["batch_size"] == 4
+    assert spy.fit_call.arguments["epochs"] == 1
+    assert spy.fit_call.arguments["shuffle"] is False
+    assert spy.fit_call.arguments["x"] is DATA[0]
+    assert _internals.steps_per_epoch(spy.fit_call.epoch_iterator) is None
+    assert _internals.known_num_batches(spy.fit_call.epoch_iterator) == 2
+
+
+def test_outside_fit_there_is_no_running_fit():
+    assert _internals.running_fit(recorder_model()) is None
+
+
+def test_an_epoch_of_known_length_makes_an_iterator_at_its_start_and_one_at_its_end():
+    model = recorder_model()
+    spy = Spy()
+    model.fit(*DATA, batch_size=4, epochs=2, shuffle=False, verbose=0, callbacks=[spy])
+    # The train function sees the iterator of each epoch, once per batch.
+    assert len(spy.iterators_seen) == 4
+    first, second = spy.iterators_seen[0], spy.iterators_seen[2]
+    assert spy.iterators_seen[1] is first and spy.iterators_seen[3] is second
+    assert first is not second
+    # At each epoch end Keras keeps a new one, which the next epoch replaces.
+    assert all(kept is not None for kept in spy.kept_at_epoch_end)
+    assert spy.kept_at_epoch_end[0] is not first and spy.kept_at_epoch_end[0] is not second
+    # Iterators come from the data source: iter() of it is what Keras calls.
+    source = _internals.data_source(spy.fit_call.epoch_iterator)
+    assert isinstance(source, tf.data.Dataset)
+
+
+def test_with_steps_per_epoch_one_iterator_lasts_across_epochs():
+    model = recorder_model()
+    spy = Spy()
+    dataset = tf.data.Dataset.from_tensor_slices(DATA).batch(1).repeat()
+    model.fit(dataset, steps_per_epoch=3, epochs=2, verbose=0, callbacks=[spy])
+    assert _internals.steps_per_epoch(spy.fit_call.epoch_iterator) == 3
+    assert len({id(it) for it in spy.iterators_seen}) == 1
+    assert model.seen == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+def test_counting_skipped_batches_as_seen_ends_an_epoch_of_known_length_early():
+    """What a mid-epoch resume does: drop 3 batches, then Keras trains the rest only."""
+    model = recorder_model()
+
+    def skip_three(spy):
+        skipped = []
+
+        def before(iterator):
+            if not skipped:
+                skipped.extend(float(next(iterator)[0][0, 0]) for _ in range(3))
+                _internals.add_steps_seen(spy.fit_call.epoch_iterator, 3)
+
+        _internals.TrainFunctionWrapper(spy.model, before)
+        spy.skipped = skipped
+
+    spy = Spy()
+    spy.on_begin = skip_three
+    model.fit(*DATA, batch_size=1, epochs=2, shuffle=False, verbose=0, callbacks=[spy])
+    assert spy.skipped == [0.0, 1.0, 2.0]
+    assert model.seen[:5] == [3.0, 4.0, 5.0, 6.0, 7.0]  # the first epoch ends with the data
+    assert model.seen[5:] == [float(i) for i in range(8)]  # the next is whole
+
+
+def test_steps_per_epoch_set_at_epoch_begin_is_that_epochs_length():
+    model = recorder_model()
+
+    def shorten_first(spy, epoch):
+        _internals.set_steps_per_epoch(spy.fit_call.epoch_iterator, 1 if epoch == 0 else 3)
+
+    spy = Spy()
+    spy.on_epoch = shorten_first
+    dataset = tf.data.Dataset.from_tensor_slices(DATA).batch(1).repeat()
+    model.fit(dataset, steps_per_epoch=3, epochs=2, verbose=0, callbacks=[spy])
+    assert model.seen == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_the_length_of_an_unknown_length_epoch_is_learned_and_can_be_set():
+    model = recorder_model()
+    spy = Spy()
+    dataset = tf.data.Dataset.from_tensor_slices(DATA).filter(lambda x, y: True).batch(2)
+    lengths = []
+    spy.on_epoch = lambda s, epoch: lengths.append(
+        _internals.known_num_batches(s.fit_call.epoch_iterator)
+    )
+    model.fit(dataset, epochs=2, verbose=0, callbacks=[spy])
+    assert lengths[0] is None and lengths[1] is not None
+    _internals.set_num_batches(spy.fit_call.epoch_iterator, 7)
+    assert _internals.known_num_batches(spy.fit_call.epoch_iterator) == 7
+
+
+def test_the_train_function_wrapper_is_removed_and_never_stacks():
+    model = recorder_model()
+    model.fit(*DATA, batch_size=8, epochs=1, verbose=0)
+    original = model.train_function
+    first = _internals.TrainFunctionWrapper(model, lambda iterator: None)
+    second = _internals.TrainFunctionWrapper(model, lambda iterator: None)  # after a crash
+    assert second.original is original
+    first.remove()  # no longer installed: a no-op
+    assert model.train_function is second
+    second.remove()
+    assert model.train_function is original
+
+
+def test_running_first_once_goes_ahead_of_every_callback_then_leaves():
+    order: list[str] = []
+
+    class Named(keras.callbacks.Callback):
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
+        def on_train_begin(self, logs=None):
+            if self.name == "b":
+                found = _internals.calling_callback_list(self)
+                _internals.run_first_once(found, lambda: order.append("first"))
+
+        def on_train_batch_begin(self, batch, logs=None):
+            order.append(self.name)
+
+    model = recorder_model()
+    model.fit(*DATA, batch_size=4, epochs=1, verbose=0, callbacks=[Named("a"), Named("b")])
+    assert order == ["first", "a", "b", "a", "b"]
+    assert _internals.run_first_once(None, lambda: None) is None
+
+
+# -- tf.data, global generators, built-in callbacks ---------------------------------------
+
+
+def test_a_cache_anywhere_in_a_pipeline_is_found():
+    base = tf.data.Dataset.range(4)
+    assert _internals.pipeline_has_cache(base.cache().shuffle(4).batch(2).prefetch(1))
+    assert _internals.pipeline_has_cache(base.shuffle(4).cache().batch(2))
+    assert not _internals.pipeline_has_cache(base.shuffle(4).batch(2).prefetch(1))
+    options = tf.data.Options()
+    assert _internals.pipeline_has_cache(base.cache().with_options(options))
+
+
+def test_tensorflows_global_generator_is_found_once_created():
+    from tensorflow.python.ops import stateful_random_ops
+
+    assert hasattr(stateful_random_ops, "global_generator")  # the private name we read
+    generator = tf.random.get_global_generator()
+    assert _internals.tf_global_generator_if_created() is generator
+
+
+def test_keras_global_seed_generator_is_found_once_created():
+    keras.random.uniform(())  # unseeded: draws from the global SeedGenerator
+    found = _internals.keras_global_seed_generator_if_created()
+    assert found is not None
+    assert found is _internals.keras_global_seed_generator()
+    before = found.state.numpy().copy()
+    keras.random.uniform(())
+    assert not np.array_equal(before, found.state.numpy())
+
+
+def test_model_checkpoint_batch_counters_are_read_and_written(tmp_path):
+    callback = keras.callbacks.ModelCheckpoint(
+        str(tmp_path / "m.weights.h5"), save_weights_only=True, save_freq=5
+    )
+    model = recorder_model()
+    model.fit(*DATA, batch_size=4, epochs=1, verbose=0, callbacks=[callback])
+    counters = _internals.model_checkpoint_batch_counters(callback)
+    assert counters == {"batches_seen_since_last_saving": 2, "last_batch_seen": 1}
+    _internals.set_model_checkpoint_batch_counters(
+        callback, {"batches_seen_since_last_saving": 4, "last_batch_seen": None}
+    )
+    assert callback._should_save_on_batch(0)  # the 5th batch since the last save
