@@ -139,6 +139,17 @@ def running_fit(model: keras.Model, depth: int = 8) -> FitCall | None:
     return None
 
 
+def distribution_strategy(model: keras.Model) -> str | None:
+    """The class name of the tf.distribute strategy `model` trains under, or None.
+
+    Private: `TensorFlowTrainer._distribute_strategy`, None unless the model
+    was built in a strategy's scope (the public property falls back to the
+    default strategy, which is no strategy at all).
+    """
+    strategy = getattr(model, "_distribute_strategy", None)
+    return type(strategy).__name__ if strategy is not None else None
+
+
 # -- the EpochIterator of fit() -------------------------------------------------
 #
 # Keras's EpochIterator (keras/src/trainers/epoch_iterator.py) makes a new

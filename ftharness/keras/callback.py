@@ -51,9 +51,11 @@ class BackupAndRestore(keras.callbacks.Callback):
       moved aside), and positions `fit()` at the exact next batch: batches
       already trained in the interrupted epoch are read from the data and
       dropped, never trained twice (see `data_position`).
-    - the resumed epoch's `on_epoch_begin`: Keras calls every callback's
-      `on_epoch_begin` again for it; what they change (their state, the
-      learning rate) is put back to the checkpoint's.
+    - the resumed epoch's first `on_train_batch_begin`, ahead of every other
+      callback: Keras has run the epoch's start again (every callback's
+      `on_epoch_begin`, a PyDataset's); what it changed (callbacks' and the
+      input's state, the learning rate, the random generators) is put back
+      to the checkpoint's.
     - every `save_freq` batches (or at each epoch end with `"epoch"`): a
       checkpoint is committed atomically; the newest `keep` are kept.
     - on SIGTERM, SIGINT or SIGHUP: a final checkpoint at the next batch
@@ -69,7 +71,9 @@ class BackupAndRestore(keras.callbacks.Callback):
     What you must do for a bit-identical resume: seed everything with
     `keras.utils.set_random_seed(seed)` and, on CPU,
     `tf.config.experimental.enable_op_determinism()`, before building the
-    model.
+    model and the data pipeline; seed TensorFlow's global generator if you
+    use it (`tf.random.set_global_generator(tf.random.Generator.from_seed(s))`);
+    call `fit()` with the same arguments on every attempt.
 
     Example::
 
@@ -127,11 +131,11 @@ class BackupAndRestore(keras.callbacks.Callback):
         self.double_checkpoint = double_checkpoint
         self.delete_checkpoint = delete_checkpoint
         self.keep = max(keep, 2) if keep is not None and double_checkpoint else keep
+        self.allow_changed_fit_args = allow_changed_fit_args
+        self.pickle_callbacks = list(pickle_callbacks)
         self._session: WorkerSession | None = None
         self._callback_list = None
         self._position = Position(epoch=0, batch=0, step=0)
-        self.allow_changed_fit_args = allow_changed_fit_args
-        self.pickle_callbacks = list(pickle_callbacks)
         self._resume_batches_to_skip = 0  # batches of the resumed epoch already trained
         self._tracker = DataTracker(None, data_position.INPUT_OTHER)
         self._train_function: _internals.TrainFunctionWrapper | None = None
@@ -325,9 +329,10 @@ class BackupAndRestore(keras.callbacks.Callback):
         x = fit_call.arguments.get("x") if fit_call is not None else None
         kind = data_position.input_kind(x) if fit_call is not None else data_position.INPUT_OTHER
         self._tracker = DataTracker(fit_call, kind)
-        self._train_function = _internals.TrainFunctionWrapper(
-            self.model, self._tracker.before_train_step
-        )
+        if fit_call is not None:  # else there is no train function to follow
+            self._train_function = _internals.TrainFunctionWrapper(
+                self.model, self._tracker.before_train_step
+            )
         callback_states.check_picklable(self.pickle_callbacks)
         callbacks = self._callback_list.callbacks if self._callback_list is not None else []
         self._saved_callbacks = callback_states.saved_callbacks(
@@ -338,7 +343,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         )
         self._input = x if kind == data_position.INPUT_PYDATASET and has_state else None
         self._fit_fingerprint = fit_args.fingerprint(fit_call, self.params, kind)
-        reasons = exactness.limits(fit_call, kind)
+        reasons = exactness.limits(fit_call, kind, _internals.distribution_strategy(self.model))
         if reasons:
             log.warning("a resume of this training will not be exact: %s", "; ".join(reasons))
 
@@ -419,7 +424,11 @@ class BackupAndRestore(keras.callbacks.Callback):
             return
         state.assign(state.training_variables(self.model), resume.training_arrays)
         callback_states.restore(
-            self._saved_callbacks, resume.callback_entries, resume.arrays, resume.location
+            self._saved_callbacks,
+            resume.callback_entries,
+            resume.arrays,
+            resume.location,
+            warn=False,  # said at on_train_begin already
         )
         if self._input is not None and resume.input is not None:
             self._input.set_state(resume.input)

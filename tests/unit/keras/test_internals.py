@@ -312,3 +312,10 @@ def test_model_checkpoint_batch_counters_are_read_and_written(tmp_path):
         callback, {"batches_seen_since_last_saving": 4, "last_batch_seen": None}
     )
     assert callback._should_save_on_batch(0)  # the 5th batch since the last save
+
+
+def test_the_distribution_strategy_is_none_outside_a_strategy_scope():
+    assert _internals.distribution_strategy(recorder_model()) is None
+    with tf.distribute.OneDeviceStrategy("/cpu:0").scope():
+        model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    assert _internals.distribution_strategy(model) == "OneDeviceStrategy"

@@ -1,0 +1,319 @@
+"""The training side of the benchmarks: one TensorFlow process per measurement.
+
+    python -m benchmarks.worker MODE --config JSON [options] --out RESULT.json
+
+Modes:
+  calibrate    median step time and state size of the model
+  final        train until SIGTERM under ftharness's callback (the final
+               checkpoint is timed from outside); touches --ready when warm
+  keras-save   time keras.callbacks.BackupAndRestore saves of the same model
+  steady       training throughput: no checkpoints / ftharness / Keras's
+               callback, in interleaved segments of the same process
+  memory       peak RSS (ru_maxrss) of a short training with or without one
+               checkpoint, in a fresh process
+  goodput      a supervised training job; appends its own timestamps
+The model and its data are made here, never downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras
+import numpy as np
+import psutil
+
+import ftharness.keras
+from benchmarks.settings import Settings
+
+
+def build_model(settings: Settings) -> keras.Model:
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential(
+        [
+            keras.Input((settings.width,)),
+            *[keras.layers.Dense(settings.width, activation="relu") for _ in range(settings.depth)],
+        ]
+    )
+    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="mse")
+    return model
+
+
+def make_data(settings: Settings, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(steps * settings.batch_size, settings.width)).astype("float32")
+    return x, x
+
+
+def state_bytes(model: keras.Model) -> int:
+    variables = list(model.variables) + list(model.optimizer.variables)
+    return int(sum(np.prod(v.shape) * np.dtype(v.dtype).itemsize for v in variables))
+
+
+def fit(model, settings: Settings, data, callbacks, epochs: int = 1) -> float:
+    started = time.perf_counter()
+    model.fit(
+        *data,
+        batch_size=settings.batch_size,
+        epochs=epochs,
+        shuffle=False,
+        verbose=0,
+        callbacks=callbacks,
+    )
+    return time.perf_counter() - started
+
+
+class StepTimer(keras.callbacks.Callback):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ends: list[float] = []
+
+    def on_train_batch_end(self, batch, logs=None) -> None:
+        self.ends.append(time.perf_counter())
+
+    def median_step(self, skip: int = 2) -> float:
+        gaps = np.diff(self.ends[skip:])
+        return float(np.median(gaps)) if len(gaps) else float("nan")
+
+
+class TouchAfter(keras.callbacks.Callback):
+    """Creates a file after `steps` batches: the outside knows we are warm."""
+
+    def __init__(self, path: Path, steps: int) -> None:
+        super().__init__()
+        self.path = path
+        self.steps = steps
+        self.count = 0
+
+    def on_train_batch_end(self, batch, logs=None) -> None:
+        self.count += 1
+        if self.count == self.steps:
+            self.path.write_text(str(time.time()))
+
+
+class TimedKerasBackup(keras.callbacks.BackupAndRestore):
+    """Keras's callback, each save timed. Dirty pages are flushed first
+    (untimed), so each save starts from the same clean disk as ours."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.save_seconds: list[float] = []
+
+    def _save_model(self) -> None:  # Keras's private save method: the thing measured
+        os.sync()
+        started = time.perf_counter()
+        super()._save_model()
+        self.save_seconds.append(time.perf_counter() - started)
+
+
+# -- modes -------------------------------------------------------------------
+
+
+def calibrate(settings: Settings, args) -> dict:
+    model = build_model(settings)
+    timer = StepTimer()
+    fit(model, settings, make_data(settings, 14), [timer])
+    return {"step_seconds": timer.median_step(skip=3), "state_bytes": state_bytes(model)}
+
+
+def final(settings: Settings, args) -> dict:
+    """Train until a stop signal; ftharness commits the final checkpoint and exits 143."""
+    model = build_model(settings)
+    timer = StepTimer()
+    callbacks = [
+        ftharness.keras.BackupAndRestore(
+            backup_dir=args.backup_dir, save_freq=args.save_freq or False, keep=2
+        ),
+        timer,
+        TouchAfter(Path(args.ready), 4),
+    ]
+    try:
+        fit(model, settings, make_data(settings, 64), callbacks, epochs=10**6)
+    finally:
+        _write(args.out, {"step_seconds": timer.median_step(), "state_bytes": state_bytes(model)})
+    return {}
+
+
+def keras_save(settings: Settings, args) -> dict:
+    model = build_model(settings)
+    every = 3
+    callback = TimedKerasBackup(args.backup_dir, save_freq=every, delete_checkpoint=False)
+    fit(model, settings, make_data(settings, every * (args.saves + 1)), [callback])
+    written = sum(p.stat().st_size for p in Path(args.backup_dir).rglob("*") if p.is_file())
+    # The first save is Keras's warm-up (h5py, file creation): not counted.
+    return {"save_seconds": callback.save_seconds[1:], "written_bytes": written}
+
+
+def steady(settings: Settings, args) -> dict:
+    """Segments of 1.5 checkpoint intervals, one checkpoint each, rotated."""
+    model = build_model(settings)
+    warm = StepTimer()
+    fit(model, settings, make_data(settings, 12), [warm])
+    step = warm.median_step(skip=3)
+    save_every = max(2, round(settings.save_interval / step))
+    # The checkpoint comes at 2/3 of the segment: its background write
+    # overlaps the last third, as it would overlap the next interval.
+    steps = save_every + save_every // 2
+    data = make_data(settings, steps)
+    work = Path(args.work)
+    configs = args.configs.split(",")
+    segments = []
+
+    def callbacks_for(config: str, directory: Path) -> list:
+        if config == "none":
+            return []
+        if config == "keras":
+            return [
+                keras.callbacks.BackupAndRestore(
+                    str(directory), save_freq=save_every, delete_checkpoint=False
+                )
+            ]
+        return [
+            ftharness.keras.BackupAndRestore(
+                backup_dir=str(directory),
+                save_freq=save_every,
+                async_save=config == "ftharness",
+            )
+        ]
+
+    # One untimed segment of each first: the first fit() with a callback
+    # traces and allocates what later ones reuse.
+    for config in configs:
+        directory = work / f"warm-{config}"
+        fit(model, settings, make_data(settings, save_every + 1), callbacks_for(config, directory))
+        shutil.rmtree(directory, ignore_errors=True)
+    for round_index in range(settings.steady_repeats):
+        shift = round_index % len(configs)
+        for config in configs[shift:] + configs[:shift]:
+            directory = work / f"{config}-{round_index}"
+            directory.mkdir(parents=True)
+            os.sync()  # each segment starts with no writeback pending
+            cpu_before = _cpu_seconds()
+            seconds = fit(model, settings, data, callbacks_for(config, directory))
+            segments.append(
+                {
+                    "config": config,
+                    "round": round_index,
+                    "seconds": seconds,
+                    "cpu_seconds": _cpu_seconds() - cpu_before,
+                    "steps": steps,
+                    "checkpoints": len(list(directory.glob("ckpt-*")))
+                    + len(list(directory.glob("*.weights.h5"))),
+                }
+            )
+            shutil.rmtree(directory, ignore_errors=True)
+    return {
+        "step_seconds": step,
+        "save_every": save_every,
+        "steps": steps,
+        "state_bytes": state_bytes(model),
+        "segments": segments,
+    }
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def memory(settings: Settings, args) -> dict:
+    """Peak RSS of 8 training steps, with one checkpoint (at step 5) or none.
+
+    The snapshot of step 5 is written while steps 6-8 train, as in real use.
+    """
+    model = build_model(settings)
+    data = make_data(settings, 8)
+    callback = ftharness.keras.BackupAndRestore(
+        backup_dir=args.backup_dir, save_freq=5 if args.save else False
+    )
+    rss_before = psutil.Process().memory_info().rss
+    fit(model, settings, data, [callback])
+    return {
+        "maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "rss_before_fit": rss_before,
+        "state_bytes": state_bytes(model),
+        "checkpoints": sorted(p.name for p in Path(args.backup_dir).glob("ckpt-*")),
+    }
+
+
+def goodput(settings: Settings, args) -> dict:
+    """One attempt of a supervised job: timestamps go to --timeline."""
+    created = psutil.Process().create_time()
+    model = build_model(settings)
+    steps_per_epoch = 20
+    epochs = max(1, args.total_steps // steps_per_epoch)
+    timeline = Path(args.timeline)
+    record = {"attempt": int(os.environ.get("FTHARNESS_ATTEMPT", "0")), "created": created}
+
+    class Marks(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None) -> None:
+            if "ready" not in record:  # started, restored, about to train
+                record["ready"] = time.time()
+                Path(args.ready).touch()
+
+        def on_train_end(self, logs=None) -> None:
+            Path(args.done).touch()  # nothing left to preempt
+
+    callbacks = [
+        ftharness.keras.BackupAndRestore(save_freq=args.save_freq),
+        Marks(),
+    ]
+    try:
+        fit(model, settings, make_data(settings, steps_per_epoch), callbacks, epochs=epochs)
+    finally:
+        record["end"] = time.time()
+        record["iterations"] = int(model.optimizer.iterations.numpy())
+        with open(timeline, "a") as file:
+            file.write(json.dumps(record) + "\n")
+    return {}
+
+
+MODES = {
+    "calibrate": calibrate,
+    "final": final,
+    "keras-save": keras_save,
+    "steady": steady,
+    "memory": memory,
+    "goodput": goodput,
+}
+
+
+def _write(path: str | None, result: dict) -> None:
+    if path:
+        Path(path).write_text(json.dumps(result))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=sorted(MODES))
+    parser.add_argument("--config", required=True, help="Settings as JSON")
+    parser.add_argument("--out", help="write the result here as JSON")
+    parser.add_argument("--backup-dir")
+    parser.add_argument("--ready")
+    parser.add_argument("--done")
+    parser.add_argument("--save-freq", type=int, default=0)
+    parser.add_argument("--saves", type=int, default=3)
+    parser.add_argument("--save", action="store_true")
+    parser.add_argument("--work")
+    parser.add_argument("--configs", default="none,ftharness,keras,ftharness-sync")
+    parser.add_argument("--total-steps", type=int, default=100)
+    parser.add_argument("--timeline")
+    args = parser.parse_args(argv)
+    settings = Settings(**json.loads(args.config))
+    result = MODES[args.mode](settings, args)
+    if result:
+        _write(args.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""A restart with other fit() arguments is refused in one line, unless allowed."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from support import BASE_ENV, PYTHON, REPO, WORKERS
+
+from ftharness.checkpoint.local import LocalCheckpointStore
+from ftharness.exitcodes import ExitCode
+
+pytestmark = pytest.mark.slow
+
+
+def run_arrays_case(directory: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [PYTHON, str(WORKERS / "exactness_worker.py"), "arrays", "--backup-dir",
+         str(directory / "b"), "--report", str(directory / "report.json")],
+        capture_output=True,
+        text=True,
+        env={**BASE_ENV, **env},
+        cwd=REPO,
+        timeout=240,
+    )  # fmt: skip
+
+
+def test_changed_epochs_are_refused_then_allowed(tmp_path):
+    first = run_arrays_case(tmp_path, INTERRUPT="sigterm:5")
+    assert first.returncode == ExitCode.PREEMPTED, first.stderr[-3000:]
+    store = LocalCheckpointStore(tmp_path / "b")
+    before = [ref.name for ref in store.list_committed()]
+
+    refused = run_arrays_case(tmp_path, FIT_EPOCHS="4")
+    assert refused.returncode == ExitCode.USAGE_ERROR == 64, refused.stderr[-3000:]
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("ftharness: error:")]
+    assert len(errors) == 1
+    assert "fit() arguments changed since checkpoint" in errors[0]
+    assert "epochs 3 -> 4" in errors[0]
+    assert "allow_changed_fit_args=True" in errors[0]
+    assert [ref.name for ref in store.list_committed()] == before  # nothing touched
+    assert not (tmp_path / "report.json").exists()
+
+    allowed = run_arrays_case(tmp_path, FIT_EPOCHS="4", ALLOW_CHANGED_FIT_ARGS="1")
+    assert allowed.returncode == 0, allowed.stderr[-3000:]
+    assert "epochs 3 -> 4" in allowed.stderr
+    assert "resuming at epoch 0, batch 5" in allowed.stderr

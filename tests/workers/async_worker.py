@@ -1,0 +1,62 @@
+"""examples/train.py with faults injected into background checkpoint writes.
+
+On the first attempt only (FTHARNESS_ATTEMPT unset or 1), for checkpoint N:
+  SLOW_WRITE_AT_STEP=N        the writer thread writes half of arrays.bin,
+  SLOW_WRITE_SECONDS=S        touches STALLED_MARKER, sleeps S seconds (or
+  STALLED_MARKER=PATH         forever with S = "forever"), then finishes
+  FAIL_WRITE_AT_STEP=N        the write of arrays.bin fails with ENOSPC
+The thread that wrote is named in STALLED_MARKER, so tests can check that
+the write ran off the training thread. WORKER_PID_FILE: write our pid there.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "examples"))
+
+import train  # noqa: E402
+
+from ftharness.checkpoint import local  # noqa: E402
+from ftharness.checkpoint.manifest import checkpoint_name  # noqa: E402
+
+first_attempt = os.environ.get("FTHARNESS_ATTEMPT", "1") == "1"
+if os.environ.get("WORKER_PID_FILE"):
+    Path(os.environ["WORKER_PID_FILE"]).write_text(str(os.getpid()))
+write_file = local._write_file
+
+
+def doomed(path: Path, variable: str) -> bool:
+    step = os.environ.get(variable)
+    return (
+        first_attempt
+        and step is not None
+        and path.name == "arrays.bin"
+        and path.parent.name.startswith(f"{local.TEMPORARY_PREFIX}{checkpoint_name(int(step))}-")
+    )
+
+
+def faulty_write(path: Path, chunks):
+    if doomed(path, "FAIL_WRITE_AT_STEP"):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    if doomed(path, "SLOW_WRITE_AT_STEP"):
+        chunks = list(chunks)
+        half = len(chunks) // 2
+        with open(path, "wb") as file:  # half the data is on disk, uncommitted
+            for chunk in chunks[:half]:
+                file.write(chunk)
+        Path(os.environ["STALLED_MARKER"]).write_text(threading.current_thread().name)
+        seconds = os.environ.get("SLOW_WRITE_SECONDS", "forever")
+        time.sleep(3600 if seconds == "forever" else float(seconds))
+    return write_file(path, chunks)
+
+
+local._write_file = faulty_write
+
+sys.exit(train.main(sys.argv[1:]))
