@@ -38,7 +38,6 @@ def run(ctx: Context) -> list[Row]:
     size = ctx.settings.state_bytes
     data = memoryview(np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8))
     details: dict[str, list[dict]] = {"ftharness": [], "in_flight": []}
-    keras_saves: list[float] = []
 
     def raw() -> float:
         return raw_write_fsync(ctx.fresh_dir("raw") / "arrays.bin", data)
@@ -55,7 +54,6 @@ def run(ctx: Context) -> list[Row]:
 
     def keras_save() -> float:
         saves = ctx.run_worker("keras-save", "--backup-dir", ctx.fresh_dir("keras"), "--saves", 3)
-        keras_saves.extend(saves["save_seconds"])
         return median(saves["save_seconds"])
 
     results = interleaved(

@@ -86,7 +86,7 @@ def run(tmp_path_factory) -> Run:
     try:
         found = wait_for(
             lambda: re.search(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", first.log),
-            30,
+            120,
             "the metrics server",
         )
         port = int(found.group(1))
