@@ -84,6 +84,9 @@ def write_results(
     for row in rows:
         if row.note:
             parts.append(f"- **{row.benchmark}, {row.figure}** ({verdict(row)}): {row.note}")
+    analysis = path.parent / "ANALYSIS.md"
+    if analysis.exists():
+        parts += ["", "## Why targets were not met", "", analysis.read_text().strip()]
     if failures:
         parts += ["", "## Benchmarks that failed to run", ""]
         parts += [f"- **{name}**: {error}" for name, error in failures.items()]
