@@ -2,8 +2,9 @@
 ftharness's exit codes and grace period.
 
 Overlays are rendered by `kubectl kustomize` (kustomize.py; the tests skip,
-saying why, where kubectl is not installed), then validated with kubernetes-validate in strict mode (unknown
-fields are errors, as with `kubectl apply --validate=strict`).
+saying why, where kubectl is not installed), then validated with
+kubernetes-validate in strict mode (unknown fields are errors, as with
+`kubectl apply --validate=strict`).
 """
 
 from __future__ import annotations
