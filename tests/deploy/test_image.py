@@ -166,7 +166,9 @@ def kubernetes_flags(tmp_path: Path, bucket: Path) -> tuple[list[str], int]:
     return [*flags, "--stop-timeout", str(grace_period)], grace_period
 
 
-def test_runs_as_the_kubernetes_job_runs_it(podman: Podman, tmp_path: Path) -> None:
+def test_runs_as_the_kubernetes_job_runs_it(
+    podman: Podman, uninterrupted_digest: str, tmp_path: Path
+) -> None:
     bucket = tmp_path / "bucket"
     bucket.mkdir()
     bucket.chmod(0o777)
@@ -175,13 +177,14 @@ def test_runs_as_the_kubernetes_job_runs_it(podman: Podman, tmp_path: Path) -> N
         podman(
             "run", "--detach", "--name", container, *flags, TAG,
             "python", "examples/train.py", *TRAINING, *PACE,
-            "--batch-log", "/bucket/batches",
+            "--batch-log", "/bucket/batches", "--report", "/bucket/report.json",
         )  # fmt: skip
         stop_mid_training(podman, container, bucket / "batches", grace_period)
         # The restart in place (restartPolicy OnFailure): same emptyDir, same bucket.
         logs = resume(podman, container, bucket / "batches")
         assert "final checkpoint committed; exiting on SIGTERM" in logs, logs
         assert "restored ckpt-" in logs, logs
+        assert json.loads((bucket / "report.json").read_text())["digest"] == uninterrupted_digest
         # The checkpoints reached the bucket, written by the Pod's UID.
         owners = {path.stat().st_uid for path in bucket.rglob("*")}
         assert owners == {10001}, owners
