@@ -1,15 +1,14 @@
 """The Kubernetes manifests: valid for every supported version, and wired to
 ftharness's exit codes and grace period.
 
-Overlays are rendered by the small renderer in kustomize.py (no kubectl
-needed), then validated with kubernetes-validate in strict mode (unknown
-fields are errors, as with `kubectl apply --validate=strict`).
+Overlays are rendered by `kubectl kustomize` (kustomize.py; the tests skip,
+saying why, where kubectl is not installed), then validated with
+kubernetes-validate in strict mode (unknown fields are errors, as with
+`kubectl apply --validate=strict`).
 """
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +62,11 @@ def env(container: dict[str, Any]) -> dict[str, Any]:
     return {item["name"]: item.get("value", item.get("valueFrom")) for item in container["env"]}
 
 
+def test_every_overlay_is_tested() -> None:
+    overlays = {path.name for path in (REPO / "k8s" / "overlays").iterdir() if path.is_dir()}
+    assert overlays == set(OVERLAYS)
+
+
 def test_versions_cover_the_supported_range() -> None:
     assert VERSIONS[0] == "1.31" and len(VERSIONS) >= 3, VERSIONS
 
@@ -91,21 +95,6 @@ def test_secret_example_is_valid() -> None:
         "key": "backup-dir",
     }
     assert "backup-dir" in secret["stringData"]
-
-
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_renderer_agrees_with_kubectl_kustomize(overlay: str) -> None:
-    # Only a check of kustomize.py itself: kustomize runs offline.
-    output = subprocess.run(
-        ["kubectl", "kustomize", str(REPO / "k8s" / "overlays" / overlay)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout
-    expected = {identity(d): d for d in yaml.safe_load_all(output) if d}
-    assert {identity(d): d for d in render(REPO / "k8s" / "overlays" / overlay)} == expected
 
 
 @pytest.mark.parametrize(("overlay", "restart_policy"), OVERLAYS.items())
