@@ -291,6 +291,13 @@ class BackupAndRestore(keras.callbacks.Callback):
         self._save_if_due(at_epoch_end=True)
 
     def _after_train_end(self) -> None:
+        session = self._session
+        removed_now = self.delete_checkpoint and not session.env.supervised
+        # The end of training is a checkpoint (unless the backup goes now):
+        # a crash after fit() (in evaluation, in model.save) resumes there
+        # and trains nothing again.
+        if not removed_now:
+            self._save()  # a no-op if this step is saved already
         # The last checkpoint is committed (or its error raised) before the
         # backup is removed or the directory's lock is released.
         try:
@@ -299,9 +306,8 @@ class BackupAndRestore(keras.callbacks.Callback):
             self._abandon(None)
             raise
         self._release_fit()
-        session, self._session = self._session, None
-        if session is not None:
-            session.finish(delete_backup=self.delete_checkpoint)
+        self._session = None
+        session.finish(delete_backup=self.delete_checkpoint)
 
     def _abandon(self, error: BaseException | None) -> None:
         """fit() ends by an exception: finish the write in flight, give everything back.
