@@ -1,6 +1,10 @@
 """`BackupAndRestore`: Keras's callback of that name, made exact.
 
-See the class docstring for the lifecycle.
+See the class docstring for the lifecycle. Over 400 lines because the class
+docstring is the user's reference (a quarter of the file) and the rest is one
+lifecycle, hook by hook; the parts with a job of their own live beside it
+(`state`: the checkpoint's schema, `data_position`, `callback_states`, `rng`,
+`fit_args`, `_internals`).
 """
 
 from __future__ import annotations
