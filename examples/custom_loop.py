@@ -85,15 +85,18 @@ def train(
         noise=noise,
     ) as checkpoint:
         step = checkpoint.restore()
+        # None if no step is left: a run restarted after its final checkpoint.
+        loss = None
         while step < steps:
             loss = train_step(*next(iterator))
             step += 1
             if after_step is not None:
                 after_step(step)
             checkpoint.step_end(step)
+        checkpoint.finish()
     return {
         "digest": weights_digest(model, optimizer),
-        "loss": float(loss) if steps else None,
+        "loss": float(loss) if loss is not None else None,
         "iterations": int(optimizer.iterations.numpy()),
         "noise_state": [int(v) for v in noise.state.numpy()],
     }

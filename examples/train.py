@@ -119,6 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--batch-log", help="append the global batch counter here after each batch")
     parser.add_argument("--report", help="write the final digest and learning rate here as JSON")
+    parser.add_argument(
+        "--keep-backup",
+        action="store_true",
+        help="keep the checkpoints once training succeeds (delete_checkpoint=False)",
+    )
     args = parser.parse_args(argv)
 
     keras.utils.set_random_seed(args.seed)
@@ -136,7 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         verbose=0,
         callbacks=[
             ftharness.keras.BackupAndRestore(
-                backup_dir=args.backup_dir, save_freq=save_freq, async_save=not args.sync_save
+                backup_dir=args.backup_dir,
+                save_freq=save_freq,
+                async_save=not args.sync_save,
+                delete_checkpoint=not args.keep_backup,
             ),
             scheduler,
             SlowDown(args.sleep),

@@ -32,10 +32,11 @@ Example::
         model=model, optimizer=optimizer, iterator=iterator, noise=noise,
     ) as checkpoint:
         step = checkpoint.restore()          # steps already done; 0 on a fresh start
-        while step < 10_000:
+        while step < 10_000:                 # none left if it stopped after its last save
             train_step(next(iterator))
             step += 1
             checkpoint.step_end(step)        # saves when due; exits 143 on SIGTERM
+        checkpoint.finish()                  # done: the backup goes (delete_checkpoint)
 
 Run it under `ftharness supervise --backup-dir DIR -- python loop.py`, or
 alone with `backup_dir`.
@@ -45,6 +46,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
 from pathlib import Path
 from typing import NoReturn
@@ -79,6 +81,11 @@ class TrainingCheckpoint:
             checkpoint on a stop signal, and on request).
         keep: committed checkpoints to keep (default: the supervisor's
             `--keep`, else 2).
+        delete_checkpoint: what `finish()` does once the loop is done, as
+            Keras's `BackupAndRestore(delete_checkpoint=...)`: `True`
+            (default) removes the backup when the job succeeds (alone: in
+            `finish()`; under `ftharness supervise`: by the supervisor once
+            the command exits 0); `False` keeps it.
         steps_per_epoch: if the loop has epochs, the manifest then names
             epoch and batch within it (informational).
         **trackables: what to save, by name, as for `tf.train.Checkpoint`.
@@ -92,6 +99,7 @@ class TrainingCheckpoint:
         *,
         save_freq: int | None = None,
         keep: int | None = None,
+        delete_checkpoint: bool = True,
         steps_per_epoch: int | None = None,
         **trackables,
     ) -> None:
@@ -102,6 +110,7 @@ class TrainingCheckpoint:
         if "step" in trackables:
             raise ValueError("'step' is kept by TrainingCheckpoint itself; pass it to step_end()")
         self.save_freq = save_freq
+        self.delete_checkpoint = delete_checkpoint
         self.steps_per_epoch = steps_per_epoch
         self._step = tf.Variable(0, dtype=tf.int64, trainable=False, name="ftharness_step")
         self._checkpoint = tf.train.Checkpoint(
@@ -207,14 +216,15 @@ class TrainingCheckpoint:
         files = {STATE_FILE: [json.dumps(state).encode()]}
         # tf.train.Checkpoint writes files of its own naming; read them back
         # and commit them with ours, so the store's commit stays the one
-        # atomic step. The scratch directory is a `.tmp-` sibling, removed
-        # like any unfinished write if we die here.
-        with tempfile.TemporaryDirectory(
-            dir=self._session.store.directory, prefix=".tmp-tfwrite-"
-        ) as directory:
-            self._checkpoint.write(str(Path(directory) / TF_PREFIX))
-            for path in sorted(Path(directory).iterdir()):
+        # atomic step. The scratch directory is one of the store's
+        # temporaries, removed like any unfinished write if we die here.
+        directory = self._session.store.new_temporary(f"tfwrite-{step}")
+        try:
+            self._checkpoint.write(str(directory / TF_PREFIX))
+            for path in sorted(directory.iterdir()):
                 files[path.name] = [path.read_bytes()]
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
         epoch, batch = divmod(step, self.steps_per_epoch) if self.steps_per_epoch else (0, step)
         ref = self._session.commit(step=step, epoch=epoch, batch=batch, files=files)
         self._last_saved_step = step
@@ -229,6 +239,18 @@ class TrainingCheckpoint:
         finally:
             self.close()
         raise AssertionError("unreachable: exit_preempted raises SystemExit")
+
+    def finish(self) -> None:
+        """Call once the loop has done all its steps: the job's training succeeded.
+
+        With `delete_checkpoint=True` the backup is removed (alone: now, only
+        ftharness's files; under `ftharness supervise`: by the supervisor once
+        the command exits 0, so a crash after the loop still resumes at its
+        end). Then the directory and the signal handlers are released.
+        """
+        session, self._session = self._session, None
+        if session is not None:
+            session.finish(delete_backup=self.delete_checkpoint)
 
     def close(self) -> None:
         """Release the directory and the signal handlers (idempotent)."""

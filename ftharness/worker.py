@@ -9,13 +9,21 @@ on it; any other framework can follow the same protocol (README).
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import signal
 import sys
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from ftharness.checkpoint.local import CheckpointRef, LoadedCheckpoint, LocalCheckpointStore
+from ftharness.checkpoint.local import (
+    DELETE_ON_SUCCESS_MARKER,
+    CheckpointRef,
+    LoadedCheckpoint,
+    LocalCheckpointStore,
+)
 from ftharness.checkpoint.lock import DirectoryLock, DirectoryLockedError
 from ftharness.checkpoint.manifest import CheckpointError, WriterInfo
 from ftharness.config import WorkerEnvironment
@@ -131,8 +139,14 @@ class WorkerSession:
         self.flags = StopFlags()
 
     @classmethod
-    def open(cls, backup_dir: str | Path | None, keep: int | None = None) -> WorkerSession:
-        """Resolve the directory and take (or inherit) its lock; raises WorkerError."""
+    def open(
+        cls, backup_dir: str | Path | None, keep: int | None = None, at_least: int = 1
+    ) -> WorkerSession:
+        """Resolve the directory and take (or inherit) its lock; raises WorkerError.
+
+        `keep`: checkpoints kept (default: the supervisor's `--keep`, else 2),
+        raised to `at_least` (Keras's `double_checkpoint` asks for 2).
+        """
         if not logging.getLogger("ftharness").handlers:
             configure_logging()  # resume points and commits are worth a line on stderr
         try:
@@ -143,6 +157,7 @@ class WorkerSession:
         keep = keep if keep is not None else (env.keep or DEFAULT_KEEP)
         if keep < 1:
             raise ConfigurationError(f"keep must be >= 1, got {keep}")
+        keep = max(keep, at_least)
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -192,6 +207,31 @@ class WorkerSession:
         signum = self.flags.stop_signal or signal.SIGTERM
         log.info("final checkpoint committed; exiting on %s", signal.Signals(signum).name)
         raise SystemExit(exit_code_for_signal(signum))
+
+    def finish(self, *, delete_backup: bool) -> None:
+        """The job's training succeeded: remove its backup if asked, then `close()`.
+
+        Alone, the backup's ftharness files go now (`remove_backup`). Under
+        `ftharness supervise` nothing is removed here: a crash after training
+        (in evaluation, in `model.save`) must still resume from the end of
+        training. The worker leaves `DELETE_ON_SUCCESS_MARKER` instead, and
+        the supervisor removes the backup, locally and remotely, once the
+        command exits 0.
+        """
+        try:
+            if not delete_backup:
+                return
+            if self.env.supervised:
+                marker = self.store.directory / DELETE_ON_SUCCESS_MARKER
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                record = {"run_id": self.env.run_id, "pid": os.getpid(), "time": time.time()}
+                marker.write_text(json.dumps(record))
+                log.info("training done; the supervisor removes the backup if the job exits 0")
+            else:
+                self.store.remove_backup()
+                log.info("training finished; backup %s removed", self.store.directory)
+        finally:
+            self.close()
 
     def close(self) -> None:
         self.flags.uninstall()

@@ -11,6 +11,7 @@ a half-deleted checkpoint is never mistaken for a committed one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from ftharness.checkpoint.checksum import crc32
 from ftharness.checkpoint.durable import write_durable
+from ftharness.checkpoint.lock import LOCK_FILE_NAME
 from ftharness.checkpoint.manifest import (
     MANIFEST_NAME,
     CorruptCheckpointError,
@@ -36,6 +38,12 @@ log = logging.getLogger("ftharness.checkpoint")
 
 TEMPORARY_PREFIX = ".tmp-"
 QUARANTINE_PREFIX = "corrupt-"
+# ftharness's own folder in a backup directory (event records, leases, markers).
+OWN_DIR = ".ftharness"
+# Written by a supervised worker whose job wants its backup removed once the
+# job succeeds (Keras's delete_checkpoint=True): the supervisor removes the
+# backup, locally and remotely, when the command exits 0 and this file exists.
+DELETE_ON_SUCCESS_MARKER = f"{OWN_DIR}/delete-on-success.json"
 _READ_CHUNK = 16 * 1024 * 1024
 
 
@@ -232,6 +240,31 @@ class LocalCheckpointStore:
         doomed = self.directory / f"{TEMPORARY_PREFIX}delete-{ref.name}-{secrets.token_hex(3)}"
         os.rename(ref.path, doomed)
         shutil.rmtree(doomed, ignore_errors=True)
+
+    def remove_backup(self) -> list[str]:
+        """Remove ftharness's own files of a finished job; returns their names.
+
+        Removed: committed checkpoints, temporaries, the lock file, leases
+        (`.ftharness/lease-*.json`) and the delete-on-success marker; then
+        `.ftharness/` and the directory itself if nothing else is left. Kept:
+        every other file (a user's), the event records (`.ftharness/events/`)
+        and quarantined `corrupt-` checkpoints. Call it holding the lock.
+        """
+        removed = [ref.name for ref in self.list_committed()]
+        for ref in self.list_committed():
+            self.delete(ref)
+        removed += self.remove_stale_temporaries()
+        own = self.directory / OWN_DIR
+        doomed = [*own.glob("lease-*.json"), self.directory / DELETE_ON_SUCCESS_MARKER]
+        doomed.append(self.directory / LOCK_FILE_NAME)  # last: it guards the rest
+        for path in doomed:
+            if path.exists():
+                path.unlink()
+                removed.append(str(path.relative_to(self.directory)))
+        for folder in (own, self.directory):
+            with contextlib.suppress(OSError):  # not empty: what is left is not ours
+                folder.rmdir()
+        return removed
 
     def _quarantine(self, ref: CheckpointRef) -> None:
         target = self.directory / f"{QUARANTINE_PREFIX}{ref.name}-{int(time.time())}"

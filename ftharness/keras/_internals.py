@@ -52,43 +52,110 @@ def calling_callback_list(callback: keras.callbacks.Callback, depth: int = 4):
     return None
 
 
-def move_to_end(callback_list, callback: keras.callbacks.Callback) -> None:
-    """Make `callback` run after all the others in every hook.
+def place_first_and_last(
+    callback_list, first: keras.callbacks.Callback, last: keras.callbacks.Callback
+) -> None:
+    """Make `first` run before, and `last` after, all the others in every hook.
 
-    Rebinding `callbacks` (not mutating it) leaves a loop that is iterating
-    the old list undisturbed.
+    Private: `CallbackList.callbacks`, the list its hooks iterate. Rebinding
+    it (not mutating it) leaves a loop that is iterating the old list
+    undisturbed.
     """
-    callback_list.callbacks = [c for c in callback_list.callbacks if c is not callback] + [callback]
+    others = [c for c in callback_list.callbacks if c is not first and c is not last]
+    callback_list.callbacks = [first, *others, last]
 
 
-class RunFirstOnce(keras.callbacks.Callback):
-    """Runs `action()` once, ahead of every other callback, at the next
-    `on_train_batch_begin`; then leaves the list. See `run_first_once`."""
+# The hooks through which fit() (and the evaluate() it runs for validation)
+# calls every callback.
+_FIT_HOOKS = (
+    "on_train_begin",
+    "on_epoch_begin",
+    "on_train_batch_begin",
+    "on_train_batch_end",
+    "on_epoch_end",
+    "on_test_begin",
+    "on_test_batch_begin",
+    "on_test_batch_end",
+    "on_test_end",
+    "on_train_end",
+)
 
-    def __init__(self, callback_list, action: Callable[[], None]) -> None:
-        super().__init__()
+
+def ends_fit(error: BaseException) -> bool:
+    """True if `error`, leaving a callback hook or the train step, ends `fit()`.
+
+    Private: `TensorFlowTrainer.fit` handles no exception itself except in
+    `EpochIterator.catch_stop_iteration()`, where StopIteration and
+    `tf.errors.OutOfRangeError` end an epoch's data, not the training.
+    """
+    import tensorflow as tf
+
+    return not isinstance(error, StopIteration | tf.errors.OutOfRangeError)
+
+
+class FitExitGuard:
+    """Calls `on_exit(error)` when an exception ends the running `fit()`.
+
+    Keras calls `on_train_end` only when `fit()` returns; an exception in a
+    callback, in the train step or in validation leaves `fit()` with no hook
+    at all. Everything `fit()` runs goes through its `CallbackList`'s hooks
+    or `model.train_function` / `test_function`, so the guard wraps those
+    (instance attributes, removed by `remove()`) and reports the first
+    exception that `ends_fit`, before it propagates. Private: as
+    `ends_fit`, and `CallbackList`'s hook methods looked up on the instance.
+    """
+
+    def __init__(self, callback_list, model: keras.Model, on_exit: Callable) -> None:
         self._callback_list = callback_list
-        self._action = action
-        # Rebound, not mutated, as in move_to_end.
-        callback_list.callbacks = [self, *callback_list.callbacks]
+        self._model = model
+        self._on_exit = on_exit
+        self._test_function = None
+        for name in _FIT_HOOKS:
+            setattr(callback_list, name, self._guarded(getattr(callback_list, name), name))
 
-    def on_train_batch_begin(self, batch, logs=None) -> None:
-        self.remove()
-        self._action()
+    def _guarded(self, hook: Callable, name: str) -> Callable:
+        def guarded(*args, **kwargs):
+            try:
+                if name == "on_test_begin":
+                    self._guard_test_function()
+                return hook(*args, **kwargs)
+            except BaseException as error:
+                self.report(error)
+                raise
+
+        return guarded
+
+    def _guard_test_function(self) -> None:
+        # evaluate() makes its test function just before on_test_begin.
+        original = self._model.test_function
+        if original is None or getattr(original, "_ftharness_guarded", False):
+            return
+
+        def guarded(iterator):
+            try:
+                return original(iterator)
+            except BaseException as error:
+                self.report(error)
+                raise
+
+        guarded._ftharness_guarded = True
+        guarded._ftharness_original = original
+        self._model.test_function = guarded
+        self._test_function = guarded
+
+    def report(self, error: BaseException) -> None:
+        """Tell `on_exit` about `error` if it ends fit() (once)."""
+        if self._on_exit is not None and ends_fit(error):
+            on_exit, self._on_exit = self._on_exit, None
+            on_exit(error)
 
     def remove(self) -> None:
-        self._callback_list.callbacks = [c for c in self._callback_list.callbacks if c is not self]
-
-
-def run_first_once(callback_list, on_train_batch_begin: Callable[[], None]) -> RunFirstOnce | None:
-    """Have `on_train_batch_begin()` run before any callback's next batch hook.
-
-    Our own callback runs last; some things must happen before the others
-    see the next batch. None if the callback list is unknown.
-    """
-    if callback_list is None:
-        return None
-    return RunFirstOnce(callback_list, on_train_batch_begin)
+        self._on_exit = None
+        for name in _FIT_HOOKS:
+            vars(self._callback_list).pop(name, None)
+        if self._test_function is not None and self._model.test_function is self._test_function:
+            self._model.test_function = self._test_function._ftharness_original
+        self._test_function = None
 
 
 @dataclass(frozen=True)
@@ -217,20 +284,32 @@ class TrainFunctionWrapper:
 
     Private: `Model.train_function(iterator)`, built by `fit()` before
     `on_train_begin`, pulls its batches from the iterator it is given; we
-    replace the attribute on the instance and put the original back.
+    replace the attribute on the instance and put the original back. An
+    exception that ends `fit()` is reported to `guard` on its way out.
     """
 
-    def __init__(self, model: keras.Model, before: Callable[[Any], None]) -> None:
+    def __init__(
+        self,
+        model: keras.Model,
+        before: Callable[[Any], None],
+        guard: FitExitGuard | None = None,
+    ) -> None:
         self.model = model
         self.original = model.train_function
         if isinstance(self.original, TrainFunctionWrapper):  # left by a fit() that raised
             self.original = self.original.original
         self.before = before
+        self.guard = guard
         model.train_function = self
 
     def __call__(self, iterator):
-        self.before(iterator)
-        return self.original(iterator)
+        try:
+            self.before(iterator)
+            return self.original(iterator)
+        except BaseException as error:
+            if self.guard is not None:
+                self.guard.report(error)
+            raise
 
     def remove(self) -> None:
         if self.model.train_function is self:

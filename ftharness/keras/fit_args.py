@@ -1,10 +1,13 @@
 """The `fit()` arguments a checkpoint was written under, and the check on resume.
 
 A checkpoint's position (epoch, batch within it, batches to skip) only means
-the same thing under the same `epochs`, batch size, epoch length and input.
+the same thing under the same batch size, epoch length, input and shuffling.
 Resuming under others would quietly train something else than the run that
 was interrupted, so it is refused (exit 64) unless the user says so with
 `BackupAndRestore(allow_changed_fit_args=True)`.
+
+`epochs` may change: the training done so far is the same, a resume only
+goes on to the new total ("train two more epochs"), so one line of warning.
 """
 
 from __future__ import annotations
@@ -39,11 +42,23 @@ def changes(saved: dict, current: dict) -> list[str]:
     ]
 
 
+# Fields that only say how far the training goes, not what it is.
+MAY_CHANGE = frozenset({"epochs"})
+
+
 def check(saved: dict | None, current: dict, *, allow: bool, location: str) -> None:
     """Refuse (or, when allowed, warn about) `fit()` arguments that changed."""
     if not saved:
         return  # written before ftharness recorded them
-    differences = changes(saved, current)
+    extended = changes({k: v for k, v in saved.items() if k in MAY_CHANGE}, current)
+    if extended:
+        log.warning(
+            "fit() arguments changed since %s (%s); the training so far is the same, "
+            "it goes on to the new total",
+            location,
+            ", ".join(extended),
+        )
+    differences = changes({k: v for k, v in saved.items() if k not in MAY_CHANGE}, current)
     if not differences:
         return
     summary = ", ".join(differences)

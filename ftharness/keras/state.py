@@ -9,13 +9,15 @@ callbacks' states) is plain JSON.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 
 import keras
 import numpy as np
 
 from ftharness.checkpoint import arrays
 from ftharness.checkpoint.arrays import ArrayEntry
+from ftharness.keras.data_position import DataPosition
 from ftharness.worker import IncompatibleCheckpointError
 
 # 2 added the data position, the input's and the callbacks' kinds of state,
@@ -42,32 +44,87 @@ class Position:
     step: int
 
 
-@dataclass
-class Snapshot:
-    """The training state copied to host memory; safe to write in the background."""
+@dataclass(frozen=True)
+class TrainingState:
+    """Everything a resume needs; the one schema of a checkpoint's `state.json`.
+
+    Built on the training thread (`capture` in the callback: the arrays are
+    real copies, the rest plain JSON), so it is safe to write in the
+    background; read back with `from_files`, which also reads format 1.
+    """
 
     position: Position
-    arrays: dict[str, list[tuple[str, np.ndarray]]]
-    json_state: dict = field(default_factory=dict)
+    data: DataPosition  # where fit() is in its data (data_position)
+    rng: dict  # the global generators (rng.capture)
+    callbacks: list  # the other callbacks' JSON entries (callback_states.capture)
+    input: object  # a PyDataset's get_state(), or None
+    fit: dict  # the fit() arguments it was written under (fit_args.fingerprint)
+    # group -> [(name, value)]: GROUP_TRAINING, GROUP_METRICS, "callback.N"
+    arrays: dict[str, list[tuple[str, np.ndarray]]] = field(default_factory=dict)
 
-    def files(self) -> dict[str, list]:
+    def to_files(self) -> dict[str, list]:
         index = {}
         chunks = []
         offset = 0
-        for group, named in self.arrays.items():
-            entries, group_chunks = arrays.pack(named)
+        for group, named_arrays in self.arrays.items():
+            entries, group_chunks = arrays.pack(named_arrays)
             index[group] = [
                 {**entry.to_json(), "offset": entry.offset + offset} for entry in entries
             ]
             offset += sum(entry.nbytes for entry in entries)
             chunks.extend(group_chunks)
-        state = {
+        record = {
             "format_version": STATE_FORMAT_VERSION,
             "position": vars(self.position),
             "arrays": index,
-            **self.json_state,
+            "rng": self.rng,
+            "callbacks": self.callbacks,
+            "data": self.data.to_json(),
+            "input": self.input,
+            "fit": self.fit,
         }
-        return {ARRAYS_FILE: chunks, STATE_FILE: [json.dumps(state).encode()]}
+        return {ARRAYS_FILE: chunks, STATE_FILE: [json.dumps(record).encode()]}
+
+    @classmethod
+    def from_files(cls, files: Mapping[str, bytes | bytearray], location: str) -> TrainingState:
+        """Parse a checkpoint's files (untrusted input): IncompatibleCheckpointError if they
+        are not a Keras training state of a readable format."""
+        try:
+            record = json.loads(files[STATE_FILE])
+            version = int(record["format_version"])
+            if version not in READABLE_FORMAT_VERSIONS:
+                raise IncompatibleCheckpointError(
+                    f"checkpoint {location} has state format {version}; this ftharness reads "
+                    f"{sorted(READABLE_FORMAT_VERSIONS)}"
+                )
+            position = Position(**record["position"])
+            index = {
+                group: [ArrayEntry.from_json(entry) for entry in entries]
+                for group, entries in record["arrays"].items()
+            }
+            # Format 1 knew only the batch within the epoch, and no fit() arguments.
+            data = record.get("data") or {"iterators_before": 0, "skip": position.batch}
+            state = cls(
+                position=position,
+                data=DataPosition.from_json(data),
+                rng=dict(record["rng"]),
+                callbacks=list(record.get("callbacks", [])),
+                input=record.get("input"),
+                fit=dict(record.get("fit") or {}),
+            )
+            buffer = files[ARRAYS_FILE]
+            loaded = {
+                group: [
+                    (entry.name, value)
+                    for entry, value in zip(entries, arrays.unpack(entries, buffer), strict=True)
+                ]
+                for group, entries in index.items()
+            }
+        except (KeyError, ValueError, TypeError) as error:
+            raise IncompatibleCheckpointError(
+                f"checkpoint {location} is not a Keras training state ({error})"
+            ) from None
+        return replace(state, arrays=loaded)
 
 
 def training_variables(model: keras.Model) -> list:
@@ -94,57 +151,26 @@ def capture_arrays(model: keras.Model) -> dict[str, list[tuple[str, np.ndarray]]
     }
 
 
-@dataclass
-class LoadedState:
-    position: Position
-    json_state: dict
-    arrays: dict[str, list[tuple[ArrayEntry, np.ndarray]]]
-
-
-def parse(files: dict[str, bytearray], location: str) -> LoadedState:
-    try:
-        state = json.loads(files[STATE_FILE])
-        version = int(state["format_version"])
-        if version not in READABLE_FORMAT_VERSIONS:
-            raise IncompatibleCheckpointError(
-                f"checkpoint {location} has state format {version}; this ftharness reads "
-                f"{sorted(READABLE_FORMAT_VERSIONS)}"
-            )
-        position = Position(**state.pop("position"))
-        index = {
-            group: [ArrayEntry.from_json(record) for record in records]
-            for group, records in state.pop("arrays").items()
-        }
-    except (KeyError, ValueError, TypeError) as error:
-        raise IncompatibleCheckpointError(
-            f"checkpoint {location} is not a Keras training state ({error})"
-        ) from None
-    buffer = files[ARRAYS_FILE]
-    loaded = {
-        group: list(zip(entries, arrays.unpack(entries, buffer), strict=True))
-        for group, entries in index.items()
-    }
-    return LoadedState(position, state, loaded)
-
-
-def check_compatible(variables: list, entries: list[ArrayEntry], location: str, what: str) -> None:
+def check_compatible(
+    variables: list, values: list[tuple[str, np.ndarray]], location: str, what: str
+) -> None:
     """Refuse, before touching any variable, a checkpoint of another model."""
-    if len(variables) != len(entries):
+    if len(variables) != len(values):
         raise IncompatibleCheckpointError(
-            f"checkpoint {location} was written by another model: it has {len(entries)} "
+            f"checkpoint {location} was written by another model: it has {len(values)} "
             f"{what} variables, this model {len(variables)}"
         )
-    for variable, entry in zip(variables, entries, strict=True):
+    for variable, (name, value) in zip(variables, values, strict=True):
         shape = tuple(variable.shape)
         dtype = np.dtype(variable.dtype).name
-        if shape != entry.shape or dtype != entry.dtype:
+        if shape != value.shape or dtype != value.dtype.name:
             raise IncompatibleCheckpointError(
                 f"checkpoint {location} was written by another model: {variable.path} is "
-                f"{dtype}{list(shape)} here, {entry.name} is {entry.dtype}{list(entry.shape)} "
+                f"{dtype}{list(shape)} here, {name} is {value.dtype.name}{list(value.shape)} "
                 "in the checkpoint"
             )
 
 
-def assign(variables: list, values: list[tuple[ArrayEntry, np.ndarray]]) -> None:
+def assign(variables: list, values: list[tuple[str, np.ndarray]]) -> None:
     for variable, (_, value) in zip(variables, values, strict=True):
         variable.assign(value)

@@ -63,7 +63,13 @@ def sync_reference(tmp_path_factory) -> dict:
     directory = tmp_path_factory.mktemp("sync")
     report = directory / "report.json"
     result = run_alone(
-        directory, "--sync-save", "--backup-dir", str(directory / "b"), "--report", str(report)
+        directory,
+        "--sync-save",
+        "--keep-backup",
+        "--backup-dir",
+        str(directory / "b"),
+        "--report",
+        str(report),
     )
     assert result.returncode == 0, result.stderr
     facts = read_report(report)
@@ -73,14 +79,17 @@ def sync_reference(tmp_path_factory) -> dict:
 
 def test_async_run_writes_the_same_checkpoints_as_a_synchronous_one(tmp_path, sync_reference):
     report, backup = tmp_path / "report.json", tmp_path / "b"
-    result = run_alone(tmp_path, "--backup-dir", str(backup), "--report", str(report))
+    result = run_alone(
+        tmp_path, "--keep-backup", "--backup-dir", str(backup), "--report", str(report)
+    )
     assert result.returncode == 0, result.stderr
     facts = read_report(report)
     assert facts["digest"] == sync_reference["digest"]
     assert facts["learning_rate"] == sync_reference["learning_rate"]
     assert "training stalled" in result.stderr
     steps = committed_steps(backup)
-    assert steps == committed_steps(sync_reference["backup"]) == [40, 45]
+    # The last periodic save, and the end of training (kept: --keep-backup).
+    assert steps == committed_steps(sync_reference["backup"]) == [45, TOTAL_BATCHES]
     # Bit for bit: the arrays and the JSON state (RNG, callbacks, position).
     for name in ("arrays.bin", "state.json"):
         for step in steps:

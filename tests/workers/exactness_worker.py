@@ -455,6 +455,10 @@ def run_keras_case(name: str, backup_dir: str, workdir: Path) -> dict:
     case = builder(workdir) if name == "builtin_callbacks" else builder()
     if os.environ.get("FIT_EPOCHS"):
         case.fit["epochs"] = int(os.environ["FIT_EPOCHS"])
+    if os.environ.get("FIT_SHUFFLE"):
+        case.fit["shuffle"] = os.environ["FIT_SHUFFLE"] == "1"
+    if os.environ.get("FIT_BATCH_SIZE"):
+        case.fit["batch_size"] = int(os.environ["FIT_BATCH_SIZE"])
     interrupter = Interrupter()
     history = case.model.fit(
         **case.fit,

@@ -6,6 +6,8 @@ Environment:
                               through writing the arrays of checkpoint N
   EXIT_AT_STEP / EXIT_CODE    on the first attempt, exit with EXIT_CODE after
                               the batch that reaches step N (a crash)
+  EXIT_AFTER_FIT              on the first attempt, exit with this code once
+                              fit() has returned (a crash after training)
 """
 
 from __future__ import annotations
@@ -54,5 +56,15 @@ if first_attempt and os.environ.get("EXIT_AT_STEP"):
             os._exit(int(os.environ.get("EXIT_CODE", "1")))
 
     train.PerBatchLearningRate.on_train_batch_end = count_then_maybe_exit
+
+if first_attempt and os.environ.get("EXIT_AFTER_FIT"):
+    # A crash after training (in evaluation, in model.save): fit() returned.
+    fit = train.keras.Model.fit
+
+    def fit_then_exit(self, *args, **kwargs):
+        fit(self, *args, **kwargs)
+        os._exit(int(os.environ["EXIT_AFTER_FIT"]))
+
+    train.keras.Model.fit = fit_then_exit
 
 sys.exit(train.main(sys.argv[1:]))

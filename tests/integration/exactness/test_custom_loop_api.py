@@ -99,3 +99,40 @@ def test_a_stop_signal_saves_at_the_next_step_end_and_exits_143(tmp_path):
     assert raised.value.code == ExitCode.PREEMPTED == 143
     assert [ref.step for ref in LocalCheckpointStore(tmp_path).list_committed()] == [2]
     assert signal.getsignal(signal.SIGTERM) is not checkpoint  # handlers given back
+
+
+@pytest.mark.parametrize("delete", [True, False])
+def test_finish_removes_the_backup_unless_asked_to_keep_it(tmp_path, delete):
+    (tmp_path / "notes.txt").write_text("mine")
+    model, optimizer, iterator, generator = objects()
+    with ftharness.tf.TrainingCheckpoint(
+        tmp_path, save_freq=2, delete_checkpoint=delete, model=model, optimizer=optimizer
+    ) as checkpoint:
+        for done in range(1, 5):
+            step(model, optimizer, iterator, generator)
+            checkpoint.step_end(done)
+        checkpoint.finish()
+    steps = [ref.step for ref in LocalCheckpointStore(tmp_path).list_committed()]
+    assert steps == ([] if delete else [2, 4])
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_loop_restarted_after_its_final_checkpoint_has_no_step_left(tmp_path):
+    model, optimizer, iterator, generator = objects()
+    with ftharness.tf.TrainingCheckpoint(
+        tmp_path, save_freq=2, delete_checkpoint=False, model=model, optimizer=optimizer
+    ) as checkpoint:
+        for done in range(1, 5):
+            step(model, optimizer, iterator, generator)
+            checkpoint.step_end(done)
+        checkpoint.finish()
+    again, again_optimizer, _, _ = objects()
+    with ftharness.tf.TrainingCheckpoint(
+        tmp_path, model=again, optimizer=again_optimizer
+    ) as checkpoint:
+        assert checkpoint.restore() == 4
+        checkpoint.finish()
+    assert (
+        state_of(again, again_optimizer, generator)[:-1]
+        == state_of(model, optimizer, generator)[:-1]
+    )

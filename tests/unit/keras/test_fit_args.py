@@ -27,14 +27,24 @@ def test_a_checkpoint_without_a_record_passes():
 
 
 def test_changed_arguments_are_refused_in_one_line_with_exit_64():
-    current = {**SAVED, "epochs": 6, "batch_size": 16}
+    current = {**SAVED, "epochs": 6, "batch_size": 16, "shuffle": False}
     with pytest.raises(TrainingArgumentsChangedError) as raised:
         fit_args.check(SAVED, current, allow=False, location="ckpt-1")
     message = raised.value.message
     assert "\n" not in message
-    assert "epochs 5 -> 6" in message and "batch_size 8 -> 16" in message
+    assert "batch_size 8 -> 16" in message and "shuffle True -> False" in message
+    assert "epochs" not in message  # not what makes it another training
     assert "allow_changed_fit_args=True" in message
     assert raised.value.exit_code == ExitCode.USAGE_ERROR == 64
+
+
+@pytest.mark.parametrize("epochs", [3, 9])
+def test_other_epochs_are_accepted_with_one_line_of_warning(caplog, epochs):
+    with caplog.at_level(logging.WARNING, logger="ftharness.keras"):
+        fit_args.check(SAVED, {**SAVED, "epochs": epochs}, allow=False, location="ckpt-1")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and f"epochs 5 -> {epochs}" in warnings[0]
+    assert "\n" not in warnings[0]
 
 
 def test_changed_arguments_are_allowed_with_a_warning(caplog):

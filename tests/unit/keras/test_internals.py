@@ -72,33 +72,40 @@ def test_initial_epoch_set_in_on_train_begin_is_where_fit_starts():
     assert hook.epochs == [2, 3]
 
 
+class Named(keras.callbacks.Callback):
+    def __init__(self, name, order, companion=None):
+        super().__init__()
+        self.name, self.order, self.companion = name, order, companion
+
+    def set_model(self, model):
+        super().set_model(model)
+        if self.companion is not None:
+            found = _internals.calling_callback_list(self)
+            assert found is not None
+            _internals.place_first_and_last(found, self, self.companion)
+
+    def on_train_begin(self, logs=None):
+        self.order.append(f"{self.name}.begin")
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.order.append(self.name)
+
+
 def test_the_calling_callback_list_is_found_and_reordered():
     order: list[str] = []
-
-    class Named(keras.callbacks.Callback):
-        def __init__(self, name, move=False):
-            super().__init__()
-            self.name, self.move = name, move
-
-        def set_model(self, model):
-            super().set_model(model)
-            if self.move:
-                found = _internals.calling_callback_list(self)
-                assert found is not None
-                _internals.move_to_end(found, self)
-
-        def on_train_batch_end(self, batch, logs=None):
-            order.append(self.name)
-
     model = recorder_model()
     model.fit(
         *DATA,
         batch_size=8,
         epochs=1,
         verbose=0,
-        callbacks=[Named("ours", move=True), Named("a"), Named("b")],
+        callbacks=[
+            Named("a", order),
+            Named("ours", order, Named("last", order)),
+            Named("b", order),
+        ],
     )
-    assert order == ["a", "b", "ours"]
+    assert order == ["ours.begin", "a.begin", "b.begin", "last.begin", "ours", "a", "b", "last"]
 
 
 def test_building_metrics_creates_their_variables_without_changing_state():
@@ -248,26 +255,90 @@ def test_the_train_function_wrapper_is_removed_and_never_stacks():
     assert model.train_function is original
 
 
-def test_running_first_once_goes_ahead_of_every_callback_then_leaves():
-    order: list[str] = []
+class Raising(keras.callbacks.Callback):
+    def __init__(self, hook: str, error: BaseException):
+        super().__init__()
+        setattr(self, hook, self._raise)
+        self.error = error
 
-    class Named(keras.callbacks.Callback):
-        def __init__(self, name):
-            super().__init__()
-            self.name = name
+    def _raise(self, *args, **kwargs):
+        raise self.error
 
-        def on_train_begin(self, logs=None):
-            if self.name == "b":
-                found = _internals.calling_callback_list(self)
-                _internals.run_first_once(found, lambda: order.append("first"))
 
-        def on_train_batch_begin(self, batch, logs=None):
-            order.append(self.name)
+class Guarding(keras.callbacks.Callback):
+    """Installs a FitExitGuard the way BackupAndRestore does (in set_model)."""
 
+    def __init__(self):
+        super().__init__()
+        self.exits: list[BaseException] = []
+        self.guard = None
+
+    def set_model(self, model):
+        super().set_model(model)
+        found = _internals.calling_callback_list(self)
+        if found is not None:
+            self.guard = _internals.FitExitGuard(found, model, self.exits.append)
+
+
+@pytest.mark.parametrize(
+    "hook",
+    ["on_train_begin", "on_epoch_begin", "on_train_batch_end", "on_epoch_end", "on_test_end"],
+)
+def test_the_exit_guard_sees_an_exception_that_ends_fit_in_any_hook(hook):
+    guarding = Guarding()
+    error = RuntimeError(hook)
     model = recorder_model()
-    model.fit(*DATA, batch_size=4, epochs=1, verbose=0, callbacks=[Named("a"), Named("b")])
-    assert order == ["first", "a", "b", "a", "b"]
-    assert _internals.run_first_once(None, lambda: None) is None
+    with pytest.raises(RuntimeError):
+        model.fit(
+            *DATA,
+            batch_size=4,
+            epochs=2,
+            verbose=0,
+            validation_data=DATA,
+            callbacks=[guarding, Raising(hook, error)],
+        )
+    assert guarding.exits == [error]
+    guarding.guard.remove()
+
+
+def test_the_exit_guard_sees_an_exception_in_the_train_step_and_not_stop_iteration():
+    guarding = Guarding()
+    model = recorder_model()
+    model.fit(*DATA, batch_size=8, epochs=1, verbose=0)  # builds the train function
+
+    class Breaking(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == 1:
+                wrapper.original = broken
+
+    def broken(iterator):
+        raise KeyboardInterrupt
+
+    wrapper = None
+
+    class Wrapping(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            nonlocal wrapper
+            wrapper = _internals.TrainFunctionWrapper(self.model, lambda it: None, guarding.guard)
+
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(*DATA, batch_size=4, epochs=1, verbose=0,
+                  callbacks=[guarding, Wrapping(), Breaking()])  # fmt: skip
+    assert [type(e) for e in guarding.exits] == [KeyboardInterrupt]
+    guarding.guard.report(StopIteration())  # ends an epoch's data, not fit()
+    assert len(guarding.exits) == 1
+    assert not _internals.ends_fit(StopIteration())
+    wrapper.remove()
+
+
+def test_a_removed_exit_guard_leaves_the_callback_list_as_it_was():
+    guarding = Guarding()
+    model = recorder_model()
+    model.fit(*DATA, batch_size=8, epochs=1, verbose=0, callbacks=[guarding])
+    callback_list = guarding.guard._callback_list
+    assert "on_epoch_end" in vars(callback_list)
+    guarding.guard.remove()
+    assert not any(name.startswith("on_") for name in vars(callback_list))
 
 
 # -- tf.data, global generators, built-in callbacks ---------------------------------------
