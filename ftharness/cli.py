@@ -32,7 +32,6 @@ from ftharness.metrics import (
     MetricsUnavailable,
     NullMetrics,
     SupervisorMetrics,
-    add_metrics_arguments,
     start_metrics,
 )
 from ftharness.notices import (
@@ -113,7 +112,8 @@ class _EnvOptions:
         self.parser.add_argument(
             flag,
             type=kind,
-            default=os.environ.get(variable, default),
+            # An empty variable counts as unset, as in most tools.
+            default=os.environ.get(variable) or default,
             metavar=metavar,
             help=f"{help_text} ({variable}{shown})",
             **extra,
@@ -225,7 +225,22 @@ def build_parser() -> argparse.ArgumentParser:
         "least severe event logged",
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
     )
-    add_metrics_arguments(supervise)
+    option(
+        "--metrics-port",
+        int,
+        None,
+        "PORT",
+        "serve Prometheus metrics over HTTP on this port, 0 for any free one "
+        "(needs ftharness[metrics])",
+    )
+    option("--metrics-address", str, "127.0.0.1", "ADDRESS", "address the metrics server binds")
+    option(
+        "--metrics-textfile",
+        str,
+        None,
+        "PATH",
+        "write the metrics to PATH (*.prom) for node-exporter's textfile collector",
+    )
     supervise.add_argument(
         "command", nargs=argparse.REMAINDER, metavar="-- CMD", help="the training command"
     )
