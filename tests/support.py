@@ -146,3 +146,9 @@ def run_supervisor(
         cwd=REPO,
     )
     return SupervisorRun(result.returncode, result.stderr)
+
+
+def wait_for_batches(batches: Path, count: int, timeout: float = 120, what: str = "") -> int:
+    """Wait until a worker's batch log (--batch-log) has at least `count` batches."""
+    wait_for(lambda: len(batch_log(batches)) >= count, timeout, what or f"{count} trained batches")
+    return len(batch_log(batches))

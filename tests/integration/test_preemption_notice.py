@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 from metadata_servers import AwsHandler, AwsState, FakeServer, GceHandler, GceState, serve
-from support import PYTHON, WORKERS, batch_log, wait_for
+from support import PYTHON, WORKERS, batch_log, wait_for, wait_for_batches
 
 from ftharness.checkpoint.local import LocalCheckpointStore
 from ftharness.checkpoint.remote import RemoteCheckpointStore
@@ -61,7 +61,7 @@ def test_a_notice_commits_and_uploads_a_checkpoint_before_any_sigterm(
         f"--{cloud}-metadata-url", server.base_url,
         "--", *worker(batches, "--sleep", "0.05"),
     ])  # fmt: skip
-    wait_for(lambda: len(batch_log(batches)) >= 10, 120, "training to start")
+    wait_for_batches(batches, 10, 120, "training to start")
     assert LocalCheckpointStore(local).list_committed() == []
     if cloud == "gce":
         server.state.preempted = "TRUE"
@@ -79,7 +79,7 @@ def test_a_notice_commits_and_uploads_a_checkpoint_before_any_sigterm(
     if cloud == "aws":
         assert "termination expected in" in run.log
     # Training went on after the notice's checkpoint, and nobody sent SIGTERM.
-    wait_for(lambda: len(batch_log(batches)) > noticed_at + 3, 60, "training to go on")
+    wait_for_batches(batches, noticed_at + 4, 60, "training to go on")
     assert run.process.poll() is None
     assert "received SIGTERM" not in run.log
 
