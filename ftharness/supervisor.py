@@ -148,8 +148,9 @@ class Supervisor:
         state = SupervisorState.LAUNCHING
         number = 0
         attempt: Attempt | None = None
+        result: AttemptResult | None = None  # how the last attempt ended
         decision: Restart | Exit | None = None
-        upload_by: StopDeadline | None = None  # None: no upload (nothing ran)
+        upload_by: StopDeadline | None = None  # None: nothing ran, nothing to upload
         while True:
             self.state = state
             if state is SupervisorState.LAUNCHING:
@@ -166,24 +167,22 @@ class Supervisor:
                     state = SupervisorState.BACKING_OFF
                 else:
                     upload_by = result.deadline or StopDeadline.unhurried(time.monotonic())
-                    self._log_end(decision, attempt, result)
                     state = SupervisorState.FINISHING
             elif state is SupervisorState.BACKING_OFF:
                 stop_signal = self._back_off(decision.delay, inbox)
                 if stop_signal is None:
                     state = SupervisorState.LAUNCHING
-                    continue
-                upload_by = self._stop_deadline(time.monotonic())
-                decision = Exit(exit_code_for_signal(stop_signal), "stopped in backoff", "stopped")
-                log.info(
-                    "%s during backoff; the last committed checkpoint stands",
-                    signal.Signals(stop_signal).name,
-                    extra={"event": "stopped"},
-                )
-                state = SupervisorState.FINISHING
-            else:  # FINISHING
+                else:
+                    upload_by = self._stop_deadline(time.monotonic())
+                    result = None  # the stop came between attempts
+                    decision = Exit(
+                        exit_code_for_signal(stop_signal), "stopped in backoff", "stopped"
+                    )
+                    state = SupervisorState.FINISHING
+            else:  # FINISHING: the one place the last upload is made
                 if upload_by is not None:
                     self._final_upload(upload_by)
+                    self._log_end(decision, number, result)
                 return RunResult(decision.code, number, decision.reason)
 
     def _stop_deadline(self, now: float) -> StopDeadline:
@@ -446,13 +445,20 @@ class Supervisor:
             },
         )
 
-    def _log_end(self, decision: Exit, attempt: Attempt, result: AttemptResult) -> None:
-        if decision.event == "finished":
-            log.info("training finished", extra={"event": "finished", "attempt": attempt.number})
+    def _log_end(self, decision: Exit, number: int, result: AttemptResult | None) -> None:
+        """The run's last line, after the final upload."""
+        if result is None:  # stopped during the backoff
+            log.info(
+                "%s during backoff; the last committed checkpoint stands",
+                signal.Signals(decision.code - 128).name,
+                extra={"event": "stopped"},
+            )
+        elif decision.event == "finished":
+            log.info("training finished", extra={"event": "finished", "attempt": number})
         elif decision.event == "stopped":
             self._log_stopped(result)
         else:  # fatal, gave_up
-            log.error(decision.reason, extra={"event": decision.event, "attempt": attempt.number})
+            log.error(decision.reason, extra={"event": decision.event, "attempt": number})
 
     def _log_stopped(self, result: AttemptResult) -> None:
         step = self.store.latest_step()
