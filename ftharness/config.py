@@ -191,11 +191,14 @@ class SupervisorConfig:
             raise ValueError("--lease-ttl must be > 0 and --lease-wait >= 0")
 
     @property
+    def location(self) -> BackupLocation:
+        return BackupLocation.parse(self.backup_url)
+
+    @property
     def replicated(self) -> bool:
         """True when the backup URL is not the local directory itself."""
-        if not is_local_url(self.backup_url):
-            return True
-        return local_path(self.backup_url).resolve() != self.local_dir.resolve()
+        location = self.location
+        return not location.is_local or location.local_path.resolve() != self.local_dir.resolve()
 
     @property
     def final_checkpoint_budget(self) -> float:

@@ -92,3 +92,13 @@ def test_the_worker_gets_a_quieter_tensorflow_unless_told_otherwise():
     assert (environ["FTHARNESS_KEEP"], environ["FTHARNESS_ATTEMPT"]) == ("3", "1")
     assert environ["PATH"] == "/bin"
     assert worker_environ({"TF_CPP_MIN_LOG_LEVEL": "0"}, worker)["TF_CPP_MIN_LOG_LEVEL"] == "0"
+
+
+def test_replication_is_needed_only_when_the_backup_is_elsewhere(tmp_path):
+    def config(url: str) -> SupervisorConfig:
+        return SupervisorConfig(command=("true",), backup_url=url, local_dir=tmp_path, run_id="r")
+
+    assert not config(str(tmp_path)).replicated
+    assert not config(f"file://{tmp_path}").replicated
+    assert config(str(tmp_path / "other")).replicated
+    assert config("s3://bucket/run").replicated
