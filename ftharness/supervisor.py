@@ -13,6 +13,9 @@ The grace period is turned into times once, in `policy.StopDeadline`, when the
 stop signal arrives; the worker's kill and the final upload both read it.
 PREPARING (the directory lock, the remote's lease and start-up fetch) happens
 in `cli.run_supervise` before the Supervisor exists.
+
+Over 400 lines: most of it is the structured log lines (each event with its
+`extra=` facts for JSON logs); the loop and the steps are short.
 """
 
 from __future__ import annotations
