@@ -6,8 +6,7 @@ This is the one place where errors become exit codes (see `exitcodes`).
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
+import functools
 import logging
 import os
 import secrets
@@ -18,19 +17,21 @@ from pathlib import Path
 from ftharness.checkpoint.lease import LeaseHeldError
 from ftharness.checkpoint.lock import DirectoryLockedError
 from ftharness.config import (
+    DEFAULT_KEEP,
+    BackupLocation,
     RestartPolicyConfig,
     SupervisorConfig,
-    is_local_url,
-    local_path,
+    default_local_dir,
+    parse_duration,
+    parse_storage_options,
 )
 from ftharness.exitcodes import DEFAULT_FATAL_EXIT_CODES, ExitCode
 from ftharness.inspect import commands as inspect_commands
-from ftharness.logs import configure_logging
+from ftharness.logs import configure_logging, print_error
 from ftharness.metrics import (
     MetricsUnavailable,
     NullMetrics,
     SupervisorMetrics,
-    add_metrics_arguments,
     start_metrics,
 )
 from ftharness.notices import (
@@ -39,6 +40,7 @@ from ftharness.notices import (
     NOTICE_KINDS,
     NoticeConfig,
 )
+from ftharness.redact import redact_url
 from ftharness.startup import prepare_local_dir, prepare_remote
 from ftharness.supervisor import Supervisor
 
@@ -66,6 +68,32 @@ def _exit_codes(text: str) -> frozenset[int]:
     return codes
 
 
+def _seconds(text: str, *, positive: bool = False) -> float:
+    """argparse type of every duration option: finite, 0 (or >0) .. a day."""
+    try:
+        return parse_duration(text, name="the value", allow_minimum=not positive)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+SECONDS = _seconds
+POSITIVE_SECONDS = functools.partial(_seconds, positive=True)
+
+
+def _one_of(choices: Sequence[str]):
+    """A type that checks the choice itself: argparse skips `choices` for defaults,
+    so a value from the environment (FTHARNESS_LOG_LEVEL=TRACE) would pass."""
+
+    def check(text: str) -> str:
+        if text not in choices:
+            raise argparse.ArgumentTypeError(
+                f"invalid choice: {text!r} (choose from {', '.join(choices)})"
+            )
+        return text
+
+    return check
+
+
 class _EnvOptions:
     """Adds options whose default comes from FTHARNESS_<OPTION>, then the built-in.
 
@@ -79,10 +107,13 @@ class _EnvOptions:
     def __call__(self, flag, kind, default, metavar, help_text, **extra) -> None:
         variable = "FTHARNESS_" + flag.removeprefix("--").replace("-", "_").upper()
         shown = "" if default is None else f"; default: {default}"
+        if "choices" in extra and kind is str:
+            kind = _one_of(extra["choices"])
         self.parser.add_argument(
             flag,
             type=kind,
-            default=os.environ.get(variable, default),
+            # An empty variable counts as unset, as in most tools.
+            default=os.environ.get(variable) or default,
             metavar=metavar,
             help=f"{help_text} ({variable}{shown})",
             **extra,
@@ -123,10 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="an fsspec storage option of the backup URL (endpoint_url, token, anon, ...); "
         "repeatable; also FTHARNESS_STORAGE_OPTIONS as a JSON object",
     )  # fmt: skip
-    option("--keep", int, 2, "N", "committed checkpoints to keep")
+    option("--keep", int, DEFAULT_KEEP, "N", "committed checkpoints to keep")
     option(
         "--grace-period",
-        float,
+        POSITIVE_SECONDS,
         30,
         "SECONDS",
         "time between SIGTERM and SIGKILL from the platform (Kubernetes' "
@@ -134,14 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     option(
         "--grace-margin",
-        float,
+        SECONDS,
         5,
         "SECONDS",
         "kept back from the grace period for the final upload and exit",
     )
     option("--max-restarts", int, 5, "N", "crashes in a row without progress before giving up")
-    option("--backoff-initial", float, 1.0, "SECONDS", "delay before the first restart")
-    option("--backoff-max", float, 60.0, "SECONDS", "longest delay between restarts")
+    option("--backoff-initial", SECONDS, 1.0, "SECONDS", "delay before the first restart")
+    option("--backoff-max", SECONDS, 60.0, "SECONDS", "longest delay between restarts")
     option(
         "--fatal-exit-codes",
         _exit_codes,
@@ -151,14 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     option(
         "--lease-ttl",
-        float,
+        POSITIVE_SECONDS,
         60,
         "SECONDS",
         "lifetime of the remote lease, renewed every third of it",
     )
     option(
         "--lease-wait",
-        float,
+        SECONDS,
         90,
         "SECONDS",
         "how long to wait for another run's lease to expire before exiting 75",
@@ -172,7 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoint when one comes",
         choices=NOTICE_KINDS,
     )
-    option("--notice-poll-interval", float, 5.0, "SECONDS", "seconds between metadata polls")
+    option(
+        "--notice-poll-interval", POSITIVE_SECONDS, 5.0, "SECONDS", "seconds between metadata polls"
+    )
     option("--gce-metadata-url", str, GCE_DEFAULT_BASE_URL, "URL", "GCE metadata server")
     option("--aws-metadata-url", str, AWS_DEFAULT_BASE_URL, "URL", "AWS instance metadata server")
     option("--run-id", str, None, "ID", "names the run in logs and records (default: random)")
@@ -192,7 +225,22 @@ def build_parser() -> argparse.ArgumentParser:
         "least severe event logged",
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
     )
-    add_metrics_arguments(supervise)
+    option(
+        "--metrics-port",
+        int,
+        None,
+        "PORT",
+        "serve Prometheus metrics over HTTP on this port, 0 for any free one "
+        "(needs ftharness[metrics])",
+    )
+    option("--metrics-address", str, "127.0.0.1", "ADDRESS", "address the metrics server binds")
+    option(
+        "--metrics-textfile",
+        str,
+        None,
+        "PATH",
+        "write the metrics to PATH (*.prom) for node-exporter's textfile collector",
+    )
     supervise.add_argument(
         "command", nargs=argparse.REMAINDER, metavar="-- CMD", help="the training command"
     )
@@ -226,10 +274,14 @@ def run_supervise(args: argparse.Namespace) -> int:
         )
     if not args.backup_dir:
         return _usage_error("--backup-dir (or FTHARNESS_BACKUP_DIR) is required")
+    try:
+        location = BackupLocation.parse(args.backup_dir)
+    except ValueError as error:
+        return _usage_error(f"--backup-dir: {error}")
     if args.local_dir:
         local_dir = Path(args.local_dir)
-    elif is_local_url(args.backup_dir):
-        local_dir = local_path(args.backup_dir)
+    elif location.is_local:
+        local_dir = location.local_path
     else:
         local_dir = default_local_dir(args.backup_dir)
     try:
@@ -293,7 +345,7 @@ def run_supervise(args: argparse.Namespace) -> int:
             except OSError as error:
                 log.error(
                     "backup %s is not usable: %s",
-                    config.backup_url,
+                    redact_url(config.backup_url),
                     error,
                     extra={"event": "backup_dir_unusable"},
                 )
@@ -307,35 +359,8 @@ def run_supervise(args: argparse.Namespace) -> int:
     return int(result.exit_code)
 
 
-def default_local_dir(backup_url: str) -> Path:
-    """A cache directory of its own for each remote backup URL."""
-    digest = hashlib.sha256(backup_url.encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return cache / "ftharness" / digest
-
-
-def parse_storage_options(items: list[str]) -> dict:
-    """`KEY=VALUE` pairs (VALUE as JSON when it parses) over FTHARNESS_STORAGE_OPTIONS."""
-    options: dict = {}
-    from_env = os.environ.get("FTHARNESS_STORAGE_OPTIONS")
-    if from_env:
-        try:
-            options.update(json.loads(from_env))
-        except (ValueError, TypeError):
-            raise ValueError("FTHARNESS_STORAGE_OPTIONS must be a JSON object") from None
-    for item in items or []:
-        key, separator, value = item.partition("=")
-        if not separator or not key:
-            raise ValueError(f"--storage-option needs KEY=VALUE, got {item!r}")
-        try:
-            options[key] = json.loads(value)
-        except ValueError:
-            options[key] = value
-    return options
-
-
 def _usage_error(message: str) -> int:
-    print(f"ftharness: error: {message}", file=sys.stderr)
+    print_error(redact_url(message))
     return ExitCode.USAGE_ERROR
 
 

@@ -7,23 +7,32 @@ protocol by reading them (see the README's "Worker protocol").
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ftharness.exitcodes import DEFAULT_FATAL_EXIT_CODES
 from ftharness.notices import NoticeConfig
 
-# Set by the supervisor for the worker.
+# Set by the supervisor for the worker; read by ftharness/worker.py unless noted.
 ENV_CHECKPOINT_DIR = "FTHARNESS_CHECKPOINT_DIR"  # local checkpoint directory
-ENV_BACKUP_URL = "FTHARNESS_BACKUP_URL"  # where backups are kept (may be remote)
-ENV_RUN_ID = "FTHARNESS_RUN_ID"
-ENV_ATTEMPT = "FTHARNESS_ATTEMPT"  # 1 for the first launch
-ENV_KEEP = "FTHARNESS_KEEP"
-ENV_STOP_BUDGET = "FTHARNESS_STOP_BUDGET"  # seconds the worker has after a stop signal
+ENV_RUN_ID = "FTHARNESS_RUN_ID"  # names the run in the directory lock
+ENV_KEEP = "FTHARNESS_KEEP"  # committed checkpoints to keep
 ENV_LOCK_FD = "FTHARNESS_LOCK_FD"  # inherited descriptor holding the directory lock
-ENV_SUPERVISOR_PID = "FTHARNESS_SUPERVISOR_PID"
+# For the training program itself (not read by ftharness): 1 for the first launch.
+ENV_ATTEMPT = "FTHARNESS_ATTEMPT"
+# TensorFlow's C++ logging, quieter by default in the worker (2: errors only).
+ENV_TF_LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL"
+DEFAULT_TF_LOG_LEVEL = "2"
+
+# Committed checkpoints kept, when nobody says otherwise (supervisor and worker).
+DEFAULT_KEEP = 2
+# The longest any duration option may be: a day. Longer is a typo, not a plan.
+MAX_DURATION = 86400.0
 
 
 def is_local_url(url: str) -> bool:
@@ -36,6 +45,95 @@ def local_path(url: str) -> Path:
 
 
 @dataclass(frozen=True)
+class BackupLocation:
+    """The backup URL, resolved once: where it is and whether it is local."""
+
+    url: str
+    is_local: bool
+    local_path: Path | None  # the directory, for a local location
+
+    @classmethod
+    def parse(cls, url: str) -> BackupLocation:
+        """Raises ValueError for an empty location (`""`, `file://`)."""
+        if not url or not url.strip():
+            raise ValueError("the backup location is empty")
+        if not is_local_url(url):
+            return cls(url, False, None)
+        path = url.removeprefix("file://")
+        if not path:
+            # `file://` alone would mean the current directory: surely a mistake.
+            raise ValueError(f"{url!r} names no directory")
+        return cls(url, True, Path(path).expanduser())
+
+
+def parse_duration(
+    text: str, *, name: str, minimum: float = 0.0, allow_minimum: bool = True
+) -> float:
+    """A number of seconds, finite and within [minimum, MAX_DURATION]; else ValueError."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number of seconds, got {text!r}") from None
+    low_ok = value >= minimum if allow_minimum else value > minimum
+    if not math.isfinite(value) or not low_ok or value > MAX_DURATION:
+        bound = ">=" if allow_minimum else ">"
+        raise ValueError(
+            f"{name} must be a finite number of seconds {bound} {minimum:g} "
+            f"and <= {MAX_DURATION:g}, got {text!r}"
+        )
+    return value
+
+
+def default_local_dir(backup_url: str) -> Path:
+    """A cache directory of its own for each remote backup URL."""
+    digest = hashlib.sha256(backup_url.encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return cache / "ftharness" / digest
+
+
+ENV_STORAGE_OPTIONS = "FTHARNESS_STORAGE_OPTIONS"
+
+
+def storage_options_from_environment(environ: Mapping[str, str] | None = None) -> dict:
+    """FTHARNESS_STORAGE_OPTIONS, a JSON object; ValueError otherwise."""
+    environ = os.environ if environ is None else environ
+    text = environ.get(ENV_STORAGE_OPTIONS)
+    if not text:
+        return {}
+    try:
+        options = json.loads(text)
+    except ValueError:
+        raise ValueError(f"{ENV_STORAGE_OPTIONS} must be a JSON object") from None
+    if not isinstance(options, dict):
+        raise ValueError(f"{ENV_STORAGE_OPTIONS} must be a JSON object")
+    return options
+
+
+def parse_storage_options(items: Sequence[str], environ: Mapping[str, str] | None = None) -> dict:
+    """`KEY=VALUE` pairs (VALUE as JSON when it parses) over FTHARNESS_STORAGE_OPTIONS.
+
+    A malformed item is named by its position, never echoed: it may be a secret.
+    """
+    options = storage_options_from_environment(environ)
+    for number, item in enumerate(items or [], start=1):
+        key, separator, value = item.partition("=")
+        if not separator or not key:
+            raise ValueError(
+                f"--storage-option number {number} is not KEY=VALUE (its text is not shown: "
+                "it may hold a secret)"
+            )
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value
+    return options
+
+
+def _check_duration(value: float, name: str, *, allow_zero: bool = True) -> None:
+    parse_duration(str(value), name=name, allow_minimum=allow_zero)
+
+
+@dataclass(frozen=True)
 class RestartPolicyConfig:
     max_restarts: int = 5
     backoff_initial: float = 1.0
@@ -44,6 +142,10 @@ class RestartPolicyConfig:
     fatal_exit_codes: frozenset[int] = DEFAULT_FATAL_EXIT_CODES
 
     def __post_init__(self) -> None:
+        _check_duration(self.backoff_initial, "--backoff-initial")
+        _check_duration(self.backoff_max, "--backoff-max")
+        if not math.isfinite(self.backoff_multiplier) or self.backoff_multiplier > 1000:
+            raise ValueError("the backoff multiplier must be a finite number in 1..1000")
         if self.max_restarts < 0:
             raise ValueError(f"--max-restarts must be >= 0, got {self.max_restarts}")
         if self.backoff_initial < 0 or self.backoff_max < self.backoff_initial:
@@ -58,7 +160,7 @@ class SupervisorConfig:
     backup_url: str
     local_dir: Path
     run_id: str
-    keep: int = 2
+    keep: int = DEFAULT_KEEP
     grace_period: float = 30.0
     grace_margin: float = 5.0
     restart: RestartPolicyConfig = field(default_factory=RestartPolicyConfig)
@@ -76,6 +178,11 @@ class SupervisorConfig:
             raise ValueError("no command given after --")
         if self.keep < 1:
             raise ValueError(f"--keep must be >= 1, got {self.keep}")
+        _check_duration(self.grace_period, "--grace-period", allow_zero=False)
+        _check_duration(self.grace_margin, "--grace-margin")
+        _check_duration(self.lease_ttl, "--lease-ttl", allow_zero=False)
+        _check_duration(self.lease_wait, "--lease-wait")
+        _check_duration(self.watch_interval, "watch_interval", allow_zero=False)
         if self.grace_period <= 0:
             raise ValueError(f"--grace-period must be > 0, got {self.grace_period}")
         if not 0 <= self.grace_margin < self.grace_period:
@@ -84,11 +191,14 @@ class SupervisorConfig:
             raise ValueError("--lease-ttl must be > 0 and --lease-wait >= 0")
 
     @property
+    def location(self) -> BackupLocation:
+        return BackupLocation.parse(self.backup_url)
+
+    @property
     def replicated(self) -> bool:
         """True when the backup URL is not the local directory itself."""
-        if not is_local_url(self.backup_url):
-            return True
-        return local_path(self.backup_url).resolve() != self.local_dir.resolve()
+        location = self.location
+        return not location.is_local or location.local_path.resolve() != self.local_dir.resolve()
 
     @property
     def final_checkpoint_budget(self) -> float:
@@ -98,55 +208,62 @@ class SupervisorConfig:
 
 @dataclass(frozen=True)
 class WorkerEnvironment:
-    """What a worker learns from its supervisor; all None when run alone."""
+    """What a worker learns from its supervisor; all None when run alone.
+
+    Only what a worker uses is sent: the directory, the run id (for the
+    lock's record), `keep`, the inherited lock descriptor, and the attempt
+    number (for the training program, e.g. to inject a fault only once).
+    """
 
     checkpoint_dir: Path | None = None
-    backup_url: str | None = None
     run_id: str | None = None
-    attempt: int = 1
     keep: int | None = None
-    stop_budget: float | None = None
     lock_fd: int | None = None
-    supervisor_pid: int | None = None
+    attempt: int = 1
 
     @property
     def supervised(self) -> bool:
-        return self.supervisor_pid is not None
+        return self.checkpoint_dir is not None and self.lock_fd is not None
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> WorkerEnvironment:
         environ = os.environ if environ is None else environ
 
-        def number(name: str, kind: type):
+        def number(name: str) -> int | None:
             value = environ.get(name)
             if value in (None, ""):
                 return None
             try:
-                return kind(value)
+                return int(value)
             except ValueError:
-                raise ValueError(f"{name}={value!r} is not a valid {kind.__name__}") from None
+                raise ValueError(f"{name}={value!r} is not a valid int") from None
 
         directory = environ.get(ENV_CHECKPOINT_DIR)
         return cls(
             checkpoint_dir=Path(directory) if directory else None,
-            backup_url=environ.get(ENV_BACKUP_URL) or None,
             run_id=environ.get(ENV_RUN_ID) or None,
-            attempt=number(ENV_ATTEMPT, int) or 1,
-            keep=number(ENV_KEEP, int),
-            stop_budget=number(ENV_STOP_BUDGET, float),
-            lock_fd=number(ENV_LOCK_FD, int),
-            supervisor_pid=number(ENV_SUPERVISOR_PID, int),
+            keep=number(ENV_KEEP),
+            lock_fd=number(ENV_LOCK_FD),
+            attempt=number(ENV_ATTEMPT) or 1,
         )
 
     def to_environ(self) -> dict[str, str]:
         values = {
             ENV_CHECKPOINT_DIR: self.checkpoint_dir,
-            ENV_BACKUP_URL: self.backup_url,
             ENV_RUN_ID: self.run_id,
-            ENV_ATTEMPT: self.attempt,
             ENV_KEEP: self.keep,
-            ENV_STOP_BUDGET: self.stop_budget,
             ENV_LOCK_FD: self.lock_fd,
-            ENV_SUPERVISOR_PID: self.supervisor_pid,
+            ENV_ATTEMPT: self.attempt,
         }
         return {name: str(value) for name, value in values.items() if value is not None}
+
+
+def worker_environ(base: Mapping[str, str], worker: WorkerEnvironment) -> dict[str, str]:
+    """The worker's whole environment: ours, a quieter TensorFlow, the protocol."""
+    environ = dict(base)
+    environ.setdefault(ENV_TF_LOG_LEVEL, DEFAULT_TF_LOG_LEVEL)
+    # A stale protocol variable from an outer run must not leak into this one.
+    for name in (ENV_CHECKPOINT_DIR, ENV_RUN_ID, ENV_KEEP, ENV_LOCK_FD, ENV_ATTEMPT):
+        environ.pop(name, None)
+    environ.update(worker.to_environ())
+    return environ

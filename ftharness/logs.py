@@ -43,3 +43,8 @@ def configure_logging(log_format: str = "text", level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+
+
+def print_error(message: str) -> None:
+    """The one way a command reports a failure on stderr: one line, prefixed."""
+    print(f"ftharness: error: {message}", file=sys.stderr, flush=True)

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -72,32 +71,12 @@ class MetricsConfig:
         return self.port is not None or self.textfile is not None
 
 
-def add_metrics_arguments(parser: argparse.ArgumentParser) -> None:
-    """The supervisor's metrics options (also FTHARNESS_METRICS_*)."""
-    port = os.environ.get("FTHARNESS_METRICS_PORT")
-    parser.add_argument(
-        "--metrics-port",
-        type=int,
-        default=int(port) if port else None,
-        metavar="PORT",
-        help="serve Prometheus metrics over HTTP on this port (needs ftharness[metrics])",
-    )
-    parser.add_argument(
-        "--metrics-address",
-        default=os.environ.get("FTHARNESS_METRICS_ADDRESS", "127.0.0.1"),
-        metavar="ADDRESS",
-        help="address the metrics server listens on (default: 127.0.0.1)",
-    )
-    parser.add_argument(
-        "--metrics-textfile",
-        default=os.environ.get("FTHARNESS_METRICS_TEXTFILE") or None,
-        metavar="PATH",
-        help="write the metrics to PATH (*.prom) for node-exporter's textfile collector",
-    )
-
-
 def start_metrics(args: argparse.Namespace) -> SupervisorMetrics | NullMetrics:
-    """Start the metrics the options ask for; raises MetricsUnavailable."""
+    """Start the metrics the options ask for; raises MetricsUnavailable.
+
+    The options (--metrics-port, --metrics-address, --metrics-textfile and
+    their FTHARNESS_METRICS_* forms) are declared in `cli` with all the others.
+    """
     try:
         config = MetricsConfig(args.metrics_port, args.metrics_address, args.metrics_textfile)
     except ValueError as error:

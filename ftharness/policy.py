@@ -8,10 +8,12 @@ attempts that die again and again without progress.
 from __future__ import annotations
 
 import enum
+import math
 import random
 from dataclasses import dataclass
 
 from ftharness.config import RestartPolicyConfig
+from ftharness.exitcodes import ExitCode, exit_code_for_signal
 from ftharness.process import ExitStatus
 
 
@@ -75,3 +77,77 @@ class RestartBudget:
         # "Equal jitter": half fixed, half random. Delays still grow from one
         # crash to the next, and restarts of many jobs do not synchronise.
         return capped / 2 + self._rng.uniform(0, capped / 2)
+
+
+# -- the one decision: how an attempt's end becomes a restart or an exit ------
+
+
+@dataclass(frozen=True)
+class Restart:
+    delay: float
+    restarts_left: int
+    max_restarts: int
+
+
+@dataclass(frozen=True)
+class Exit:
+    code: int
+    reason: str
+    event: str  # the log event naming the way the run ended
+
+
+def decide(
+    outcome: Outcome,
+    status: ExitStatus,
+    stop_signal: int | None,
+    crash: RestartDecision | None,
+) -> Restart | Exit:
+    """Pure: the attempt's outcome (and, for a crash, the budget's verdict) -> what next.
+
+    This is the one place where a worker's end becomes the supervisor's exit code.
+    """
+    if outcome is Outcome.STOPPED and stop_signal is not None:
+        return Exit(exit_code_for_signal(stop_signal), "stopped", "stopped")
+    if outcome is Outcome.FINISHED:
+        return Exit(ExitCode.FINISHED, "finished", "finished")
+    if outcome is Outcome.FATAL:
+        return Exit(
+            status.code or 1, f"worker exit code {status.code} is fatal; not restarting", "fatal"
+        )
+    if crash is None or not crash.restart:
+        max_restarts = crash.max_restarts if crash is not None else 0
+        return Exit(
+            ExitCode.GAVE_UP,
+            f"gave up: {max_restarts} restarts without a new checkpoint all failed",
+            "gave_up",
+        )
+    return Restart(crash.delay, crash.restarts_left, crash.max_restarts)
+
+
+# -- the one deadline: the grace period turned into times, once ----------------
+
+# Seconds kept back at the end of the grace period to exit before the SIGKILL.
+EXIT_RESERVE = 1.0
+# How long a finished (or failed) run may spend making its last upload.
+FINISHED_UPLOAD_BUDGET = 600.0
+
+
+@dataclass(frozen=True)
+class StopDeadline:
+    """When the worker is killed and when our last upload must be done (monotonic)."""
+
+    kill_at: float
+    upload_by: float
+
+    @classmethod
+    def after_stop_signal(
+        cls, now: float, grace_period: float, grace_margin: float
+    ) -> StopDeadline:
+        # The platform SIGKILLs us grace_period after its signal: the worker
+        # gets all but the margin, the upload all but the exit reserve.
+        return cls(now + grace_period - grace_margin, now + grace_period - EXIT_RESERVE)
+
+    @classmethod
+    def unhurried(cls, now: float) -> StopDeadline:
+        """No platform is waiting (finished, fatal, gave up): a generous upload budget."""
+        return cls(math.inf, now + FINISHED_UPLOAD_BUDGET)

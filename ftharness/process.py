@@ -8,6 +8,8 @@ handler, so no exception can land in the middle of our own work.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import ctypes
 import errno
 import logging
@@ -50,11 +52,16 @@ class ExitStatus:
         return f"exit code {self.code}"
 
 
+# The byte `post()` writes: no signal has number 0, so it cannot be mistaken.
+_POSTED = 0
+
+
 class SignalInbox:
     """Signals as data: `wait()` returns the ones that arrived, in order."""
 
     def __init__(self, signals: Iterable[int] = HANDLED_SIGNALS) -> None:
         self._read_fd, self._write_fd = os.pipe()
+        self._posted: collections.deque = collections.deque()  # append/popleft: thread-safe
         os.set_blocking(self._read_fd, False)
         os.set_blocking(self._write_fd, False)
         self._previous_wakeup_fd = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
@@ -62,17 +69,32 @@ class SignalInbox:
             signum: signal.signal(signum, _ignore_in_handler) for signum in signals
         }
 
-    def wait(self, timeout: float | None) -> list[int]:
-        """Block up to `timeout` seconds for signals; returns their numbers."""
+    def post(self, message: object) -> None:
+        """Thread-safe: queue `message` (a cloud's notice) and wake `wait()`.
+
+        It comes out of `wait()` as itself, not as a signal, so the main loop
+        can tell a notice from a user's SIGUSR1.
+        """
+        self._posted.append(message)
+        # A full pipe means the loop is awake anyway.
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._write_fd, bytes([_POSTED]))
+
+    def wait(self, timeout: float | None) -> list[int | object]:
+        """Block up to `timeout` seconds; returns signal numbers and posted messages."""
         if timeout is not None and timeout < 0:
             timeout = 0
         ready, _, _ = select.select([self._read_fd], [], [], timeout)
         if not ready:
             return []
         try:
-            return list(os.read(self._read_fd, 512))
+            data = os.read(self._read_fd, 512)
         except BlockingIOError:
             return []
+        arrived: list[int | object] = [signum for signum in data if signum != _POSTED]
+        while self._posted:
+            arrived.append(self._posted.popleft())
+        return arrived
 
     def close(self) -> None:
         for signum, handler in self._previous_handlers.items():

@@ -21,6 +21,7 @@ from ftharness.checkpoint.remote import RemoteCheckpointStore
 from ftharness.checkpoint.replicator import Replicator
 from ftharness.config import SupervisorConfig
 from ftharness.progress import progress_for
+from ftharness.redact import describe_error, redact_url
 
 log = logging.getLogger("ftharness.startup")
 
@@ -60,7 +61,7 @@ def prepare_remote(config: SupervisorConfig) -> Replicator:
         raise
     except Exception as error:  # the store's own errors: no credentials in them
         raise RemoteStoreUnusable(
-            f"{config.backup_url}: {type(error).__name__}: {str(error)[:200]}"
+            f"{redact_url(config.backup_url)}: {describe_error(error)}"
         ) from None
     local = LocalCheckpointStore(config.local_dir)
     try:

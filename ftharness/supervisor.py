@@ -1,13 +1,21 @@
-"""The supervisor's lifecycle: prepare, launch, watch, stop or restart.
+"""The supervisor's lifecycle: one flat loop over explicit states.
 
-States (`SupervisorState`):
-    PREPARING  -> lock the local checkpoint directory, clean up, then
-    RUNNING    -> a worker attempt is running; we forward signals and watch
-                  for committed checkpoints, until it exits, then
-    BACKING_OFF-> after a crash, wait before the next attempt (RUNNING again),
-    STOPPING   -> a stop signal arrived: the worker writes its final
-                  checkpoint within the grace budget, or is killed, then
-    DONE       -> the result is returned as an exit code.
+States (`SupervisorState`), one step method each:
+    LAUNCHING   -> start attempt N of the worker (`_launch`), then
+    RUNNING     -> forward signals and notices, watch for committed checkpoints,
+                   until the worker exits (`_supervise_attempt`); the outcome is
+                   turned into Restart or Exit by `policy.decide`, then
+    BACKING_OFF -> after a crash, wait before the next attempt (LAUNCHING again)
+                   unless a stop signal comes (`_back_off`),
+    FINISHING   -> the last upload, made from this one place, then the exit code.
+
+The grace period is turned into times once, in `policy.StopDeadline`, when the
+stop signal arrives; the worker's kill and the final upload both read it.
+PREPARING (the directory lock, the remote's lease and start-up fetch) happens
+in `cli.run_supervise` before the Supervisor exists.
+
+Over 400 lines: most of it is the structured log lines (each event with its
+`extra=` facts for JSON logs); the loop and the steps are short.
 """
 
 from __future__ import annotations
@@ -22,12 +30,20 @@ from dataclasses import dataclass
 from ftharness.checkpoint.local import LocalCheckpointStore
 from ftharness.checkpoint.lock import DirectoryLock
 from ftharness.checkpoint.replicator import Replicator
-from ftharness.config import SupervisorConfig, WorkerEnvironment
+from ftharness.config import SupervisorConfig, WorkerEnvironment, worker_environ
 from ftharness.events import ObserverGroup, RunRecorder, commits_since, newest_commit
 from ftharness.exitcodes import ExitCode, exit_code_for_signal
 from ftharness.metrics import NullMetrics, SupervisorMetrics
 from ftharness.notices import NoticeWatcher, PreemptionNotice
-from ftharness.policy import Outcome, RestartBudget, classify
+from ftharness.policy import (
+    Exit,
+    Outcome,
+    Restart,
+    RestartBudget,
+    StopDeadline,
+    classify,
+    decide,
+)
 from ftharness.process import (
     CommandNotExecutable,
     CommandNotFound,
@@ -39,22 +55,32 @@ from ftharness.process import (
     signal_group,
     spawn_in_new_group,
 )
+from ftharness.redact import redact_url
 
 log = logging.getLogger("ftharness.supervisor")
 
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
-# Seconds kept back at the end of the grace period to exit before the SIGKILL.
-EXIT_RESERVE = 1.0
-# How long a finished (or failed) run may spend making its last upload.
-FINISHED_UPLOAD_BUDGET = 600.0
 
 
 class SupervisorState(str, enum.Enum):
-    PREPARING = "preparing"
+    LAUNCHING = "launching"
     RUNNING = "running"
     BACKING_OFF = "backing_off"
-    STOPPING = "stopping"
-    DONE = "done"
+    FINISHING = "finishing"
+
+
+@dataclass
+class Attempt:
+    """One running attempt of the worker: what `_supervise_attempt` keeps track of."""
+
+    number: int
+    pid: int
+    started: float
+    step_before: int | None  # the newest committed step when it was launched
+    stop_signal: int | None = None  # the stop signal we forwarded, if any
+    stop_started: float | None = None  # time.monotonic() when it came
+    deadline: StopDeadline | None = None  # set with the stop signal
+    killed: bool = False  # the grace budget ran out and we sent SIGKILL
 
 
 @dataclass(frozen=True)
@@ -63,7 +89,7 @@ class AttemptResult:
     stop_signal: int | None  # the stop signal we forwarded, if any
     duration: float
     stop_duration: float  # from forwarding the stop signal to the exit
-    stop_started: float | None  # time.monotonic() when the stop signal came
+    deadline: StopDeadline | None  # the deadline the stop signal set
 
 
 @dataclass(frozen=True)
@@ -95,7 +121,7 @@ class Supervisor:
         self.lock = lock
         self.replicator = replicator
         self.store = LocalCheckpointStore(config.local_dir)
-        self.state = SupervisorState.PREPARING
+        self.state = SupervisorState.LAUNCHING
         self._last_seen_step = self.store.latest_step()
         # Told of every attempt: the run's record beside the checkpoints
         # (`ftharness status`) and the metrics (`upload_finished` for uploads).
@@ -106,7 +132,8 @@ class Supervisor:
 
     def run(self) -> RunResult:
         inbox = SignalInbox()
-        watcher = NoticeWatcher(self.config.notices, self._on_preemption_notice)
+        # Notices come into the same inbox as signals, from the watcher thread.
+        watcher = NoticeWatcher(self.config.notices, inbox.post)
         watcher.start()
         if self.replicator is not None:
             self.replicator.start(on_uploaded=self.metrics.upload_finished)
@@ -117,82 +144,199 @@ class Supervisor:
             if self.replicator is not None:
                 self.replicator.stop()
             inbox.close()
-            self.state = SupervisorState.DONE
 
-    def _on_preemption_notice(self, notice: PreemptionNotice) -> None:
-        """Called from the watcher thread: log, then wake the main loop.
+    def _run(self, inbox: SignalInbox) -> RunResult:
+        become_subreaper()
+        budget = RestartBudget(self.config.restart)
+        state = SupervisorState.LAUNCHING
+        number = 0
+        attempt: Attempt | None = None
+        result: AttemptResult | None = None  # how the last attempt ended
+        decision: Restart | Exit | None = None
+        upload_by: StopDeadline | None = None  # None: nothing ran, nothing to upload
+        while True:
+            self.state = state
+            if state is SupervisorState.LAUNCHING:
+                number += 1
+                launched = self._launch(number)
+                if isinstance(launched, Exit):
+                    decision, state = launched, SupervisorState.FINISHING
+                else:
+                    attempt, state = launched, SupervisorState.RUNNING
+            elif state is SupervisorState.RUNNING:
+                result = self._supervise_attempt(attempt, inbox)
+                decision = self._decide(attempt, result, budget)
+                if isinstance(decision, Restart):
+                    state = SupervisorState.BACKING_OFF
+                else:
+                    upload_by = result.deadline or StopDeadline.unhurried(time.monotonic())
+                    state = SupervisorState.FINISHING
+            elif state is SupervisorState.BACKING_OFF:
+                stop_signal = self._back_off(decision.delay, inbox)
+                if stop_signal is None:
+                    state = SupervisorState.LAUNCHING
+                else:
+                    upload_by = self._stop_deadline(time.monotonic())
+                    result = None  # the stop came between attempts
+                    decision = Exit(
+                        exit_code_for_signal(stop_signal), "stopped in backoff", "stopped"
+                    )
+                    state = SupervisorState.FINISHING
+            else:  # FINISHING: the one place the last upload is made
+                if upload_by is not None:
+                    self._final_upload(upload_by)
+                    self._log_end(decision, number, result)
+                return RunResult(decision.code, number, decision.reason)
 
-        SIGUSR1 to ourselves is the thread-safe way in: the main loop treats
-        it as any "checkpoint now" request and forwards it to the worker.
-        """
+    def _stop_deadline(self, now: float) -> StopDeadline:
+        return StopDeadline.after_stop_signal(
+            now, self.config.grace_period, self.config.grace_margin
+        )
+
+    # -- the steps -----------------------------------------------------------
+
+    def _launch(self, number: int) -> Attempt | Exit:
+        if number > 1:
+            self._remove_unfinished_writes()
+        step_before = self.store.latest_step()
+        worker = WorkerEnvironment(
+            checkpoint_dir=self.config.local_dir.resolve(),
+            run_id=self.config.run_id,
+            keep=self.config.keep,
+            lock_fd=self.lock.make_inheritable(),
+            attempt=number,
+        )
+        try:
+            pid = spawn_in_new_group(self.config.command, worker_environ(os.environ, worker))
+        except CommandNotFound as error:
+            log.error("%s", error.strerror, extra={"event": "exec_failed"})
+            return Exit(ExitCode.COMMAND_NOT_FOUND, error.strerror, "exec_failed")
+        except CommandNotExecutable as error:
+            log.error("%s", error.strerror, extra={"event": "exec_failed"})
+            return Exit(ExitCode.CANNOT_EXECUTE, error.strerror, "exec_failed")
+        self.observers.attempt_launched(number, pid, newest_commit(self.store))
+        log.info(
+            "launched attempt %d: pid %d: %s",
+            number,
+            pid,
+            " ".join(self.config.command),
+            extra={"event": "launch", "attempt": number, "pid": pid},
+        )
+        return Attempt(number, pid, time.monotonic(), step_before)
+
+    def _supervise_attempt(self, attempt: Attempt, inbox: SignalInbox) -> AttemptResult:
+        next_watch = attempt.started
+        while True:
+            now = time.monotonic()
+            if now >= next_watch:
+                self._watch_checkpoints()
+                next_watch = now + self.config.watch_interval
+            wake_at = next_watch
+            if attempt.deadline is not None and not attempt.killed:
+                wake_at = min(next_watch, attempt.deadline.kill_at)
+            for arrived in inbox.wait(wake_at - time.monotonic()):
+                if isinstance(arrived, PreemptionNotice):
+                    self._on_notice(arrived, attempt)
+                elif arrived == signal.SIGCHLD:
+                    status = reap_children().get(attempt.pid)
+                    if status is not None:
+                        return self._attempt_ended(attempt, status)
+                elif arrived in STOP_SIGNALS:
+                    self._on_stop_signal(arrived, attempt)
+                elif arrived == signal.SIGUSR1:
+                    log.info(
+                        "checkpoint requested: SIGUSR1 forwarded",
+                        extra={"event": "checkpoint_requested"},
+                    )
+                    signal_group(attempt.pid, signal.SIGUSR1)
+            if (
+                attempt.deadline is not None
+                and not attempt.killed
+                and time.monotonic() >= attempt.deadline.kill_at
+            ):
+                log.warning(
+                    "grace budget of %.1f s spent; killing the worker's process group",
+                    self.config.final_checkpoint_budget,
+                    extra={"event": "grace_expired"},
+                )
+                signal_group(attempt.pid, signal.SIGKILL)
+                attempt.killed = True
+
+    def _on_stop_signal(self, signum: int, attempt: Attempt) -> None:
+        if attempt.stop_signal is not None:
+            log.info(
+                "received %s again; %.1f s of the grace budget left",
+                signal.Signals(signum).name,
+                max(0.0, attempt.deadline.kill_at - time.monotonic()),
+                extra={"event": "stop_repeated"},
+            )
+            return
+        attempt.stop_started = time.monotonic()
+        attempt.stop_signal = signum
+        attempt.deadline = self._stop_deadline(attempt.stop_started)
+        signal_group(attempt.pid, signum)
+        self.observers.stop_requested(signum)
+        log.info(
+            "received %s: forwarded to the worker; waiting up to %.1f s for its final checkpoint",
+            signal.Signals(signum).name,
+            self.config.final_checkpoint_budget,
+            extra={"event": "stop_requested", "signal": signal.Signals(signum).name},
+        )
+
+    def _on_notice(self, notice: PreemptionNotice, attempt: Attempt | None) -> None:
+        """A cloud's preemption notice: logged once, then a checkpoint request."""
         expected = (
             f"; termination expected in {notice.deadline - time.time():.0f} s"
             if notice.deadline is not None
             else ""
         )
         log.warning(
-            "preemption notice from %s: %s%s; asking the worker for a checkpoint now",
+            "preemption notice from %s: %s%s; %s",
             notice.source,
             notice.detail,
             expected,
+            "asking the worker for a checkpoint now"
+            if attempt is not None
+            else "no worker is running",
             extra={"event": "preemption_notice", "source": notice.source},
         )
-        os.kill(os.getpid(), signal.SIGUSR1)
+        if attempt is not None:
+            signal_group(attempt.pid, signal.SIGUSR1)
 
-    def _run(self, inbox: SignalInbox) -> RunResult:
-        become_subreaper()
-        budget = RestartBudget(self.config.restart)
-        attempt = 0
-        while True:
-            attempt += 1
-            if attempt > 1:
-                self._remove_unfinished_writes()
-            step_before = self.store.latest_step()
-            try:
-                pid = self._launch(attempt)
-            except CommandNotFound as error:
-                log.error("%s", error.strerror, extra={"event": "exec_failed"})
-                return RunResult(ExitCode.COMMAND_NOT_FOUND, attempt, error.strerror)
-            except CommandNotExecutable as error:
-                log.error("%s", error.strerror, extra={"event": "exec_failed"})
-                return RunResult(ExitCode.CANNOT_EXECUTE, attempt, error.strerror)
+    def _attempt_ended(self, attempt: Attempt, status: ExitStatus) -> AttemptResult:
+        self._clean_up_group(attempt.pid)
+        self._watch_checkpoints()
+        ended = time.monotonic()
+        stopped = attempt.stop_signal is not None
+        return AttemptResult(
+            status,
+            attempt.stop_signal,
+            ended - attempt.started,
+            ended - attempt.stop_started if stopped else 0.0,
+            attempt.deadline,
+        )
 
-            self.state = SupervisorState.RUNNING
-            result = self._supervise_attempt(pid, inbox)
-            self._log_exit(attempt, pid, result)
-            outcome = classify(
-                result.status,
-                stop_requested=result.stop_signal is not None,
-                fatal_exit_codes=self.config.restart.fatal_exit_codes,
-            )
-            self.observers.attempt_ended(
-                result.status,
-                outcome,
-                self.store.latest_step(),
-                result.stop_duration if result.stop_signal is not None else None,
-            )
-            if outcome is Outcome.STOPPED and result.stop_signal is not None:
-                self._final_upload(self._upload_deadline(result.stop_started))
-                return self._stopped(attempt, result, result.stop_signal)
-            if outcome is Outcome.FINISHED:
-                self._final_upload(time.monotonic() + FINISHED_UPLOAD_BUDGET)
-                log.info("training finished", extra={"event": "finished", "attempt": attempt})
-                return RunResult(ExitCode.FINISHED, attempt, "finished")
-            if outcome is Outcome.FATAL:
-                self._final_upload(time.monotonic() + FINISHED_UPLOAD_BUDGET)
-                reason = f"worker exit code {result.status.code} is fatal; not restarting"
-                log.error(reason, extra={"event": "fatal", "attempt": attempt})
-                return RunResult(result.status.code or 1, attempt, reason)
-
-            made_progress = self.store.latest_step() != step_before
-            decision = budget.after_crash(made_progress=made_progress)
-            if not decision.restart:
-                self._final_upload(time.monotonic() + FINISHED_UPLOAD_BUDGET)
-                reason = (
-                    f"gave up: {decision.max_restarts} restarts without a new checkpoint all failed"
-                )
-                log.error(reason, extra={"event": "gave_up", "attempt": attempt})
-                return RunResult(ExitCode.GAVE_UP, attempt, reason)
+    def _decide(
+        self, attempt: Attempt, result: AttemptResult, budget: RestartBudget
+    ) -> Restart | Exit:
+        self._log_exit(attempt.number, attempt.pid, result)
+        outcome = classify(
+            result.status,
+            stop_requested=result.stop_signal is not None,
+            fatal_exit_codes=self.config.restart.fatal_exit_codes,
+        )
+        self.observers.attempt_ended(
+            result.status,
+            outcome,
+            self.store.latest_step(),
+            result.stop_duration if result.stop_signal is not None else None,
+        )
+        made_progress = self.store.latest_step() != attempt.step_before
+        crash = (
+            budget.after_crash(made_progress=made_progress) if outcome is Outcome.CRASHED else None
+        )
+        decision = decide(outcome, result.status, result.stop_signal, crash)
+        if isinstance(decision, Restart):
             log.warning(
                 "restarting in %.1f s, %d/%d restarts left%s",
                 decision.delay,
@@ -206,104 +350,20 @@ class Supervisor:
                     "made_progress": made_progress,
                 },
             )
-            self.state = SupervisorState.BACKING_OFF
-            stop_signal = self._sleep(decision.delay, inbox)
-            if stop_signal is not None:
-                self._final_upload(self._upload_deadline(time.monotonic()))
-                log.info(
-                    "%s during backoff; the last committed checkpoint stands",
-                    signal.Signals(stop_signal).name,
-                    extra={"event": "stopped"},
-                )
-                return RunResult(exit_code_for_signal(stop_signal), attempt, "stopped in backoff")
+        return decision
 
-    # -- one attempt ---------------------------------------------------------
-
-    def _launch(self, attempt: int) -> int:
-        worker_env = WorkerEnvironment(
-            checkpoint_dir=self.config.local_dir.resolve(),
-            backup_url=self.config.backup_url,
-            run_id=self.config.run_id,
-            attempt=attempt,
-            keep=self.config.keep,
-            stop_budget=self.config.final_checkpoint_budget,
-            lock_fd=self.lock.make_inheritable(),
-            supervisor_pid=os.getpid(),
-        )
-        env = {**os.environ, **worker_env.to_environ()}
-        pid = spawn_in_new_group(self.config.command, env)
-        self.observers.attempt_launched(attempt, pid, newest_commit(self.store))
-        log.info(
-            "launched attempt %d: pid %d: %s",
-            attempt,
-            pid,
-            " ".join(self.config.command),
-            extra={"event": "launch", "attempt": attempt, "pid": pid},
-        )
-        return pid
-
-    def _supervise_attempt(self, pid: int, inbox: SignalInbox) -> AttemptResult:
-        started = time.monotonic()
-        stop_signal: int | None = None
-        stop_started = 0.0
-        deadline: float | None = None
-        killed = False
-        next_watch = started
-        while True:
-            now = time.monotonic()
-            if now >= next_watch:
-                self._watch_checkpoints()
-                next_watch = now + self.config.watch_interval
-            wake_at = next_watch if deadline is None or killed else min(next_watch, deadline)
-            for signum in inbox.wait(wake_at - time.monotonic()):
-                if signum == signal.SIGCHLD:
-                    status = reap_children().get(pid)
-                    if status is not None:
-                        self._clean_up_group(pid)
-                        self._watch_checkpoints()
-                        ended = time.monotonic()
-                        return AttemptResult(
-                            status,
-                            stop_signal,
-                            ended - started,
-                            ended - stop_started if stop_signal is not None else 0.0,
-                            stop_started if stop_signal is not None else None,
-                        )
-                elif signum in STOP_SIGNALS and stop_signal is None:
-                    stop_signal = signum
-                    stop_started = time.monotonic()
-                    deadline = stop_started + self.config.final_checkpoint_budget
-                    self.state = SupervisorState.STOPPING
-                    signal_group(pid, signum)
-                    self.observers.stop_requested(signum)
-                    log.info(
-                        "received %s: forwarded to the worker; waiting up to %.1f s for its "
-                        "final checkpoint",
-                        signal.Signals(signum).name,
-                        self.config.final_checkpoint_budget,
-                        extra={"event": "stop_requested", "signal": signal.Signals(signum).name},
-                    )
-                elif signum in STOP_SIGNALS:
-                    log.info(
-                        "received %s again; %.1f s of the grace budget left",
-                        signal.Signals(signum).name,
-                        max(0.0, deadline - time.monotonic()),
-                        extra={"event": "stop_repeated"},
-                    )
-                elif signum == signal.SIGUSR1:
-                    log.info(
-                        "checkpoint requested: SIGUSR1 forwarded",
-                        extra={"event": "checkpoint_requested"},
-                    )
-                    signal_group(pid, signal.SIGUSR1)
-            if deadline is not None and not killed and time.monotonic() >= deadline:
-                log.warning(
-                    "grace budget of %.1f s spent; killing the worker's process group",
-                    self.config.final_checkpoint_budget,
-                    extra={"event": "grace_expired"},
-                )
-                signal_group(pid, signal.SIGKILL)
-                killed = True
+    def _back_off(self, seconds: float, inbox: SignalInbox) -> int | None:
+        """Wait, but return early with the stop signal if one arrives."""
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            for arrived in inbox.wait(remaining):
+                if isinstance(arrived, PreemptionNotice):
+                    self._on_notice(arrived, None)
+                elif arrived in STOP_SIGNALS:
+                    return arrived
+                elif arrived == signal.SIGCHLD:
+                    reap_children()
+        return None
 
     def _remove_unfinished_writes(self) -> None:
         # The worker is gone and we hold the lock: a `.tmp-` directory is a
@@ -335,7 +395,8 @@ class Supervisor:
         self.observers.heartbeat()
         step = self.store.latest_step()
         if step is not None and step != self._last_seen_step:
-            log.info(
+            # The worker logs its own commit; ours is for JSON logs and metrics.
+            log.debug(
                 "checkpoint committed at step %d", step, extra={"event": "checkpoint", "step": step}
             )
             self.observers.checkpoints_committed(commits_since(self.store, self._last_seen_step))
@@ -343,29 +404,25 @@ class Supervisor:
             if self.replicator is not None:
                 self.replicator.notify()
 
-    def _upload_deadline(self, stop_started: float | None) -> float:
-        """The platform SIGKILLs us grace-period after its signal; finish before."""
-        started = stop_started if stop_started is not None else time.monotonic()
-        return started + self.config.grace_period - EXIT_RESERVE
-
-    def _final_upload(self, deadline: float) -> None:
+    def _final_upload(self, deadline: StopDeadline) -> None:
         """Push the newest local checkpoint to the remote store before we exit."""
         if self.replicator is None:
             return
+        upload_by = deadline.upload_by
         step = self.store.latest_step()
         started = time.monotonic()
         log.info(
             "uploading the newest checkpoint (step %s); %.1f s of budget left",
             step,
-            deadline - started,
+            upload_by - started,
             extra={"event": "final_upload", "step": step},
         )
-        if self.replicator.flush(deadline):
+        if self.replicator.flush(upload_by):
             log.info(
                 "final upload done in %.1f s: step %s is in %s",
                 time.monotonic() - started,
                 step,
-                self.config.backup_url,
+                redact_url(self.config.backup_url),
                 extra={"event": "final_upload_done", "step": step},
             )
         else:
@@ -391,10 +448,25 @@ class Supervisor:
             },
         )
 
-    def _stopped(self, attempt: int, result: AttemptResult, stop_signal: int) -> RunResult:
+    def _log_end(self, decision: Exit, number: int, result: AttemptResult | None) -> None:
+        """The run's last line, after the final upload."""
+        if result is None:  # stopped during the backoff
+            log.info(
+                "%s during backoff; the last committed checkpoint stands",
+                signal.Signals(decision.code - 128).name,
+                extra={"event": "stopped"},
+            )
+        elif decision.event == "finished":
+            log.info("training finished", extra={"event": "finished", "attempt": number})
+        elif decision.event == "stopped":
+            self._log_stopped(result)
+        else:  # fatal, gave_up
+            log.error(decision.reason, extra={"event": decision.event, "attempt": number})
+
+    def _log_stopped(self, result: AttemptResult) -> None:
         step = self.store.latest_step()
-        preempted_cleanly = (
-            result.status.signal is None and result.status.code == exit_code_for_signal(stop_signal)
+        preempted_cleanly = result.status.signal is None and result.status.code == (
+            exit_code_for_signal(result.stop_signal)
         )
         if preempted_cleanly:
             log.info(
@@ -411,15 +483,3 @@ class Supervisor:
                 step,
                 extra={"event": "stopped", "step": step},
             )
-        return RunResult(exit_code_for_signal(stop_signal), attempt, "stopped")
-
-    def _sleep(self, seconds: float, inbox: SignalInbox) -> int | None:
-        """Wait, but return early with the stop signal if one arrives."""
-        deadline = time.monotonic() + seconds
-        while (remaining := deadline - time.monotonic()) > 0:
-            for signum in inbox.wait(remaining):
-                if signum in STOP_SIGNALS:
-                    return signum
-                if signum == signal.SIGCHLD:
-                    reap_children()
-        return None

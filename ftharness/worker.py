@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import signal
-import sys
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -26,15 +25,15 @@ from ftharness.checkpoint.local import (
 )
 from ftharness.checkpoint.lock import DirectoryLock, DirectoryLockedError
 from ftharness.checkpoint.manifest import CheckpointError, WriterInfo
-from ftharness.config import WorkerEnvironment
+from ftharness.config import DEFAULT_KEEP, BackupLocation, WorkerEnvironment
 from ftharness.exitcodes import ExitCode, exit_code_for_signal
-from ftharness.logs import configure_logging
+from ftharness.logs import configure_logging, print_error
+from ftharness.redact import redact_url
 
 log = logging.getLogger("ftharness.worker")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 CHECKPOINT_SIGNAL = signal.SIGUSR1
-DEFAULT_KEEP = 2
 
 
 class WorkerError(Exception):
@@ -77,7 +76,7 @@ class ConfigurationError(WorkerError):
 
 def exit_with(error: WorkerError) -> None:
     """End the worker the protocol's way: one line on stderr, a documented code."""
-    print(f"ftharness: error: {error.message}", file=sys.stderr, flush=True)
+    print_error(error.message)
     raise SystemExit(int(error.exit_code))
 
 
@@ -257,10 +256,13 @@ def _resolve_directory(backup_dir: str | Path | None, env: WorkerEnvironment) ->
         raise ConfigurationError(
             "no backup directory: pass backup_dir=... or run under `ftharness supervise`"
         )
-    text = str(backup_dir)
-    if "://" in text and not text.startswith("file://"):
+    try:
+        location = BackupLocation.parse(str(backup_dir))
+    except ValueError as error:
+        raise ConfigurationError(str(error)) from None
+    if not location.is_local:
         raise ConfigurationError(
-            f"{text}: a worker writes to a local directory; give remote URLs to "
-            "`ftharness supervise --backup-dir`"
+            f"{redact_url(location.url)}: a worker writes to a local directory; give remote "
+            "URLs to `ftharness supervise --backup-dir`"
         )
-    return Path(text.removeprefix("file://")).expanduser()
+    return location.local_path

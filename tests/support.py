@@ -113,3 +113,42 @@ def uninterrupted_reference(directory: Path) -> dict:
     facts = read_report(report)
     assert facts["batches"] == TOTAL_BATCHES
     return facts
+
+
+class SupervisorRun:
+    """A finished `ftharness supervise` run: its exit code and its log."""
+
+    def __init__(self, returncode: int, log: str) -> None:
+        self.returncode = returncode
+        self.log = log
+
+
+def run_supervisor(
+    tmp_path: Path,
+    command: list[str],
+    options: list[str] = (),
+    env: dict | None = None,
+    timeout: float = 120,
+) -> SupervisorRun:
+    """Run `ftharness supervise` on `command` to its end; an env value of None unsets it."""
+    environ = {**BASE_ENV, **{k: v for k, v in (env or {}).items() if v is not None}}
+    for name, value in (env or {}).items():
+        if value is None:
+            environ.pop(name, None)
+    result = subprocess.run(
+        ftharness_command(
+            "supervise", "--backup-dir", str(tmp_path / "backups"), *options, "--", *command
+        ),
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=timeout,
+        cwd=REPO,
+    )
+    return SupervisorRun(result.returncode, result.stderr)
+
+
+def wait_for_batches(batches: Path, count: int, timeout: float = 120, what: str = "") -> int:
+    """Wait until a worker's batch log (--batch-log) has at least `count` batches."""
+    wait_for(lambda: len(batch_log(batches)) >= count, timeout, what or f"{count} trained batches")
+    return len(batch_log(batches))

@@ -34,6 +34,7 @@ from ftharness.checkpoint.manifest import (
     Manifest,
     step_of,
 )
+from ftharness.redact import describe_error
 
 log = logging.getLogger("ftharness.remote")
 
@@ -90,7 +91,7 @@ def retry_until(
 
 def _describe(error: Exception) -> str:
     # The error's text, never its arguments' repr: no credentials in logs.
-    return f"{type(error).__name__}: {str(error)[:200]}"
+    return describe_error(error)
 
 
 @dataclass(frozen=True)

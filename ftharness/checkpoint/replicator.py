@@ -28,6 +28,7 @@ from ftharness.checkpoint.manifest import MANIFEST_NAME
 from ftharness.checkpoint.remote import RemoteCheckpointStore
 from ftharness.events import EVENTS_DIR
 from ftharness.progress import progress_for
+from ftharness.redact import describe_error
 
 log = logging.getLogger("ftharness.replicator")
 
@@ -158,9 +159,8 @@ class Replicator:
             except Exception as error:
                 self._failures += 1
                 log.warning(
-                    "upload failed (%s: %s); will retry",
-                    type(error).__name__,
-                    str(error)[:200],
+                    "upload failed (%s); will retry",
+                    describe_error(error),
                     extra={"event": "upload_failed"},
                 )
 

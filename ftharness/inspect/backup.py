@@ -22,6 +22,7 @@ from ftharness.checkpoint.manifest import Manifest
 from ftharness.checkpoint.remote import RemoteCheckpointStore, RemoteRef
 from ftharness.config import is_local_url, local_path
 from ftharness.events import EVENTS_DIR
+from ftharness.redact import describe_error, redact_url
 
 
 class BackupError(Exception):
@@ -189,7 +190,7 @@ def open_backup(url: str, storage_options: dict | None = None) -> LocalBackup | 
         try:
             return RemoteBackup(url, storage_options)
         except Exception as error:  # unknown protocol, missing gcsfs/s3fs, bad options
-            raise BackupError(f"{url}: {type(error).__name__}: {str(error)[:200]}") from None
+            raise BackupError(f"{redact_url(url)}: {describe_error(error)}") from None
     directory = local_path(url)
     if not directory.is_dir():
         raise BackupError(f"{url}: no such backup directory")

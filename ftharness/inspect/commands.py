@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ftharness import config
 from ftharness.checkpoint.lock import DirectoryLockedError
 from ftharness.checkpoint.manifest import checkpoint_name, step_of
 from ftharness.events import EVENTS_DIR, AttemptRecord, read_records
@@ -37,7 +37,9 @@ from ftharness.inspect.backup import (
 )
 from ftharness.inspect.story import tell
 from ftharness.inspect.verify import Verdict, check_sizes, verify_checkpoint
+from ftharness.logs import print_error
 from ftharness.progress import human_bytes
+from ftharness.redact import describe_error, redact_url
 
 NAMES = ("ls", "verify", "status", "timeline", "gc")
 
@@ -130,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         # The store's own errors (credentials, endpoint, bucket): one line,
         # its type and text, never the storage options.
         return _fail(
-            f"{args.url} is not readable: {type(error).__name__}: {str(error)[:200]}",
+            f"{redact_url(args.url)} is not readable: {describe_error(error)}",
             ExitCode.BACKUP_DIR_UNUSABLE,
         )
 
@@ -300,19 +302,13 @@ def _print_json(value: Any) -> None:
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"ftharness: error: {message}", file=sys.stderr)
+    print_error(message)
     return code
 
 
 def storage_options_from_environment() -> dict:
     """fsspec options for remote URLs, as `ftharness supervise` takes them."""
-    text = os.environ.get("FTHARNESS_STORAGE_OPTIONS")
-    if not text:
-        return {}
     try:
-        options = json.loads(text)
-    except ValueError:
-        raise BackupError("FTHARNESS_STORAGE_OPTIONS must be a JSON object") from None
-    if not isinstance(options, dict):
-        raise BackupError("FTHARNESS_STORAGE_OPTIONS must be a JSON object")
-    return options
+        return config.storage_options_from_environment()
+    except ValueError as error:
+        raise BackupError(str(error)) from None

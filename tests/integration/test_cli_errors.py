@@ -113,3 +113,65 @@ def test_backup_dir_below_a_file_exits_73(tmp_path):
     result = run_cli("supervise", "--backup-dir", str(blocker / "b"), "--", "true")
     assert result.returncode == ExitCode.BACKUP_DIR_UNUSABLE
     assert blocker.read_text() == "not a directory"
+
+
+@pytest.mark.parametrize(
+    "args, env",
+    [
+        (("--lease-ttl", "nan"), {}),
+        (("--lease-ttl", "inf"), {}),
+        (("--lease-wait", "nan"), {}),
+        (("--grace-period", "inf"), {}),
+        (("--grace-margin", "-1"), {}),
+        (("--backoff-initial", "inf"), {}),
+        (("--backoff-max", "1e400"), {}),
+        (("--notice-poll-interval", "0"), {}),
+        ((), {"FTHARNESS_LEASE_TTL": "nan"}),
+        ((), {"FTHARNESS_LEASE_WAIT": "inf"}),
+        ((), {"FTHARNESS_BACKOFF_INITIAL": "nan"}),
+        ((), {"FTHARNESS_GRACE_PERIOD": "-inf"}),
+        ((), {"FTHARNESS_LOG_LEVEL": "TRACE"}),
+        ((), {"FTHARNESS_LOG_FORMAT": "xml"}),
+    ],
+)
+def test_bad_durations_and_choices_are_refused_in_one_line(tmp_path, args, env):
+    result = run_cli("supervise", "--backup-dir", str(tmp_path / "b"), *args, "--", "true", env=env)
+    assert result.returncode == ExitCode.USAGE_ERROR
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("ftharness: error: ")
+    assert not (tmp_path / "b").exists()  # refused before anything was created
+
+
+def test_an_empty_file_url_is_refused(tmp_path):
+    result = subprocess.run(
+        ftharness_command("supervise", "--backup-dir", "file://", "--", "true"),
+        capture_output=True, text=True, env=BASE_ENV, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == ExitCode.USAGE_ERROR
+    assert result.stderr.strip().splitlines() == [
+        "ftharness: error: --backup-dir: 'file://' names no directory"
+    ]
+    assert list(tmp_path.iterdir()) == []  # nothing written into the current directory
+
+
+def test_a_malformed_storage_option_is_not_echoed(tmp_path):
+    result = run_cli(
+        "supervise", "--backup-dir", "s3://bucket/x", "--storage-option", "anon=true",
+        "--storage-option", "sEcReT-token-value", "--", "true",
+    )  # fmt: skip
+    assert result.returncode == ExitCode.USAGE_ERROR
+    assert "sEcReT-token-value" not in result.stderr
+    assert "number 2" in result.stderr
+
+
+def test_a_password_in_the_backup_url_is_never_shown(tmp_path):
+    # Nothing listens on port 1: the store is unusable, and the error names the URL.
+    url = "ftp://user:PaSsWoRd42@127.0.0.1:1/backups"
+    for log_format in ("text", "json"):
+        result = run_cli(
+            "supervise", "--backup-dir", url, "--log-format", log_format,
+            "--local-dir", str(tmp_path / log_format), "--", "true",
+        )  # fmt: skip
+        assert result.returncode == ExitCode.BACKUP_DIR_UNUSABLE, result.stderr
+        assert "PaSsWoRd42" not in result.stderr + result.stdout
+        assert "ftp://user:***@127.0.0.1:1/backups" in result.stderr

@@ -10,7 +10,16 @@ import subprocess
 
 import psutil
 import pytest
-from support import BASE_ENV, PYTHON, REPO, WORKERS, batch_log, ftharness_command, wait_for
+from support import (
+    BASE_ENV,
+    PYTHON,
+    REPO,
+    WORKERS,
+    batch_log,
+    ftharness_command,
+    wait_for,
+    wait_for_batches,
+)
 
 from ftharness.checkpoint.local import LocalCheckpointStore
 from ftharness.exitcodes import ExitCode
@@ -82,7 +91,7 @@ def test_sigterm_to_pid_one_commits_a_final_checkpoint_and_exits_143(tmp_path):
     )
     run = in_new_pid_namespace(command, tmp_path / "log")
     supervisor = pid_one(run)
-    wait_for(lambda: len(batch_log(batches)) >= 10, 90, "training to start")
+    wait_for_batches(batches, 10, 90, "training to start")
     supervisor.send_signal(signal.SIGTERM)
     assert run.wait(60) == ExitCode.PREEMPTED
     trained = len(batch_log(batches))

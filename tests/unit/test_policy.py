@@ -5,7 +5,19 @@ from __future__ import annotations
 import random
 
 from ftharness.config import RestartPolicyConfig
-from ftharness.policy import Outcome, RestartBudget, classify
+from ftharness.exitcodes import ExitCode
+from ftharness.policy import (
+    EXIT_RESERVE,
+    FINISHED_UPLOAD_BUDGET,
+    Exit,
+    Outcome,
+    Restart,
+    RestartBudget,
+    RestartDecision,
+    StopDeadline,
+    classify,
+    decide,
+)
 from ftharness.process import ExitStatus
 
 FATAL = frozenset({64, 65})
@@ -65,3 +77,54 @@ def test_progress_resets_the_count_and_the_backoff():
     after_progress = budget.after_crash(made_progress=True)
     assert after_progress.restart and after_progress.restarts_left == 1
     assert after_progress.delay <= 1
+
+
+# -- decide: the one place an outcome becomes an exit code ------------------
+
+SIGTERM = 15
+
+
+def crash_verdict(restart: bool, left: int = 1) -> RestartDecision:
+    return RestartDecision(restart, 0.5 if restart else 0.0, left, 3)
+
+
+def test_a_finished_worker_exits_zero():
+    assert decide(Outcome.FINISHED, ExitStatus(code=0), None, None) == Exit(
+        ExitCode.FINISHED, "finished", "finished"
+    )
+
+
+def test_a_stop_exits_with_the_signals_code_whatever_the_worker_did():
+    for status in (ExitStatus(code=143), ExitStatus(signal=9), ExitStatus(code=0)):
+        decision = decide(Outcome.STOPPED, status, SIGTERM, None)
+        assert decision == Exit(ExitCode.PREEMPTED, "stopped", "stopped")
+
+
+def test_a_fatal_code_is_passed_on():
+    decision = decide(Outcome.FATAL, ExitStatus(code=65), None, None)
+    assert isinstance(decision, Exit)
+    assert (decision.code, decision.event) == (65, "fatal")
+    assert "65" in decision.reason
+
+
+def test_a_crash_restarts_while_the_budget_allows():
+    assert decide(Outcome.CRASHED, ExitStatus(code=1), None, crash_verdict(True, 2)) == Restart(
+        0.5, 2, 3
+    )
+
+
+def test_a_crash_past_the_budget_gives_up():
+    decision = decide(Outcome.CRASHED, ExitStatus(signal=9), None, crash_verdict(False, 0))
+    assert isinstance(decision, Exit)
+    assert (decision.code, decision.event) == (ExitCode.GAVE_UP, "gave_up")
+    assert "3 restarts" in decision.reason
+
+
+def test_the_stop_deadline_is_computed_from_the_grace_period_once():
+    deadline = StopDeadline.after_stop_signal(100.0, grace_period=30.0, grace_margin=5.0)
+    assert deadline == StopDeadline(kill_at=125.0, upload_by=100.0 + 30.0 - EXIT_RESERVE)
+    # The worker is killed before our own upload deadline: the margin is ours.
+    assert deadline.kill_at < deadline.upload_by
+    unhurried = StopDeadline.unhurried(100.0)
+    assert unhurried.kill_at == float("inf")
+    assert unhurried.upload_by == 100.0 + FINISHED_UPLOAD_BUDGET

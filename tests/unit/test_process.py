@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 from ftharness.process import (
     HANDLED_SIGNALS,
@@ -67,6 +68,24 @@ def test_signals_arrive_in_the_inbox_as_data():
         while len(received) < 2:
             received += inbox.wait(5)
         assert received == [signal.SIGUSR1, signal.SIGHUP]
+        assert inbox.wait(0) == []
+    finally:
+        inbox.close()
+
+
+def test_a_posted_message_wakes_the_inbox_and_is_told_from_a_signal():
+    inbox = SignalInbox()
+    notice = object()
+    try:
+        poster = threading.Thread(target=inbox.post, args=(notice,))
+        os.kill(os.getpid(), signal.SIGUSR1)
+        poster.start()
+        poster.join()
+        received = []
+        while len(received) < 2:
+            received += inbox.wait(5)
+        # The signal as its number, the notice as itself: never a SIGUSR1 in disguise.
+        assert sorted(received, key=lambda item: item is notice) == [signal.SIGUSR1, notice]
         assert inbox.wait(0) == []
     finally:
         inbox.close()

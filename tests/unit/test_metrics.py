@@ -12,13 +12,13 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from ftharness.cli import build_parser
 from ftharness.events import CommitSeen
 from ftharness.metrics import (
     MetricsConfig,
     MetricsUnavailable,
     NullMetrics,
     SupervisorMetrics,
-    add_metrics_arguments,
     start_metrics,
 )
 from ftharness.policy import Outcome
@@ -113,17 +113,18 @@ def test_textfile_is_written_at_start_on_events_and_at_close(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ftharness.prom"]  # no temporaries
 
 
+def supervise_args(*options: str) -> argparse.Namespace:
+    return build_parser().parse_args(["supervise", *options, "--", "true"])
+
+
 def test_options_start_the_right_metrics(tmp_path, monkeypatch):
-    parser = argparse.ArgumentParser()
-    add_metrics_arguments(parser)
-    assert isinstance(start_metrics(parser.parse_args([])), NullMetrics)
+    assert isinstance(start_metrics(supervise_args()), NullMetrics)
     with pytest.raises(MetricsUnavailable, match=r"0\.\.65535"):
-        start_metrics(parser.parse_args(["--metrics-port", "70000"]))
+        start_metrics(supervise_args("--metrics-port", "70000"))
     with pytest.raises(MetricsUnavailable, match="cannot write the metrics textfile"):
-        start_metrics(parser.parse_args(["--metrics-textfile", str(tmp_path / "no" / "x.prom")]))
+        start_metrics(supervise_args("--metrics-textfile", str(tmp_path / "no" / "x.prom")))
     monkeypatch.setenv("FTHARNESS_METRICS_TEXTFILE", str(tmp_path / "env.prom"))
-    from_env = argparse.ArgumentParser()
-    add_metrics_arguments(from_env)  # defaults are read when the options are added
-    metrics = start_metrics(from_env.parse_args([]))
+    # defaults are read when the parser is built
+    metrics = start_metrics(supervise_args())
     metrics.close()
     assert (tmp_path / "env.prom").exists()
