@@ -101,7 +101,13 @@ class Supervisor:
         # (`ftharness status`) and the metrics (`upload_finished` for uploads).
         self.metrics = metrics if metrics is not None else NullMetrics()
         self.observers = ObserverGroup(
-            RunRecorder.beside(config.local_dir, config.run_id), self.metrics
+            RunRecorder.beside(
+                config.local_dir,
+                config.run_id,
+                remote=replicator.remote if replicator is not None else None,
+                lease=replicator.lease if replicator is not None else None,
+            ),
+            self.metrics,
         )
 
     def run(self) -> RunResult:
