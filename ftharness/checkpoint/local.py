@@ -88,7 +88,7 @@ class LocalCheckpointStore:
         """Directories that carry a manifest, oldest first."""
         refs = []
         try:
-            entries = list(os.scandir(self.directory))
+            entries = _read_local_entries(self.directory)
         except FileNotFoundError:
             return []
         for entry in entries:
@@ -291,6 +291,15 @@ def _write_file(path: Path, chunks: Iterable[bytes | memoryview]) -> FileEntry:
     # Written, checksummed and fsynced in one pass (see checkpoint.durable).
     size, crc = write_durable(path, chunks)
     return FileEntry(size=size, crc32=crc)
+
+
+def _read_local_entries(directory: Path) -> list[os.DirEntry]:
+    return read_or_io_error(
+        str(directory),
+        f"listing {directory}",
+        lambda: list(os.scandir(directory)),
+        time.monotonic() + LOCAL_READ_SECONDS,
+    )
 
 
 def _read_local(path: Path, what: str) -> bytes:

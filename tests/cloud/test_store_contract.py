@@ -142,3 +142,19 @@ def test_an_expired_lease_is_taken_over_and_its_holder_learns_it(backend):
     with pytest.raises(LeaseLostError):
         crashed.renew()
     assert successor.current().run_id == "successor"
+
+
+def test_retention_never_deletes_the_newest_checkpoint_that_verifies(backend, tmp_path):
+    url, options = backend
+    source = LocalCheckpointStore(tmp_path / "source")
+    writer = RemoteCheckpointStore(url, options)
+    for step in (1, 2, 3):
+        writer.upload(source, commit_local(source, step))
+    # The newest one damaged in the bucket (same size, other bytes).
+    writer.fs.pipe_file(writer.path("ckpt-000000000003", "arrays.bin"), b"WEIGHTS")
+    # The next run applies retention: it trusts nothing it did not upload itself.
+    successor = RemoteCheckpointStore(url, {**options, "skip_instance_cache": True})
+    assert successor.verify(successor.latest()) == ["arrays.bin fails its checksum"]
+    assert [ref.step for ref in successor.apply_retention(1)] == [1]
+    assert [ref.step for ref in successor.list_committed()] == [2, 3]
+    assert successor.verify(successor.list_committed()[0]) == []
