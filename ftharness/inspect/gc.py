@@ -29,9 +29,7 @@ def plan(backup: LocalBackup | RemoteBackup, keep: int) -> GcPlan:
         raise ValueError(
             f"--keep must be >= 1 (the newest checkpoint is never deleted), got {keep}"
         )
-    decided = plan_retention(
-        backup.list_checkpoints(), keep, lambda ref: not backup.store.verify(ref)
-    )
+    decided = plan_retention(backup.list_committed(), keep, lambda ref: not backup.verify(ref))
     if decided.newest_intact is None:  # nothing verifies: delete nothing
         return GcPlan(kept=decided.kept + decided.doomed, doomed=())
     return GcPlan(kept=decided.kept, doomed=decided.doomed)

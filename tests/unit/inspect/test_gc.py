@@ -27,7 +27,7 @@ def backup(tmp_path):
 
 
 def steps(backup) -> list[int]:
-    return [ref.step for ref in backup.list_checkpoints()]
+    return [ref.step for ref in backup.list_committed()]
 
 
 def test_plan_keeps_the_newest_and_deletes_nothing(backup):
