@@ -13,20 +13,30 @@ filesystem. Example::
 
 from __future__ import annotations
 
+import json
+import os
+import random
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
 from fsspec.spec import AbstractFileSystem
+
+# A process started with this variable set (and `faulty_site` on its path)
+# serves `faulty:///path` URLs with the faults it describes: see `register`.
+PLAN_VARIABLE = "FAULTY_FS_PLAN"
 
 
 @dataclass
 class Fault:
     """What to do to calls of `method` whose first path contains `match`.
 
-    `delay` seconds are slept first; then `error()` is raised, `times` times
-    (None: every time). A fault with neither only counts its calls.
+    `delay` seconds are slept first (or a random delay up to `max_delay`);
+    then `error()` is raised, `times` times (None: every time), each time
+    with `probability`. A fault with neither only counts its calls.
     """
 
     method: str
@@ -34,6 +44,9 @@ class Fault:
     delay: float = 0.0
     error: Callable[[], BaseException] | None = None
     times: int | None = None
+    probability: float = 1.0
+    max_delay: float = 0.0
+    rng: random.Random = field(default_factory=random.Random, repr=False)
     calls: int = field(default=0, init=False)
     raised: int = field(default=0, init=False)
 
@@ -42,9 +55,9 @@ class FaultyFileSystem(AbstractFileSystem):
     protocol = "faulty"
     cachable = False  # every test gets its own instance and faults
 
-    def __init__(self, target: AbstractFileSystem, **kwargs) -> None:
+    def __init__(self, target: AbstractFileSystem | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.target = target
+        self.target = target if target is not None else LocalFileSystem(auto_mkdir=True)
         self.faults: list[Fault] = []
         self._lock = threading.Lock()
 
@@ -63,11 +76,16 @@ class FaultyFileSystem(AbstractFileSystem):
             for fault in matching:
                 fault.calls += 1
         for fault in matching:
-            if fault.delay:
-                time.sleep(fault.delay)
             with self._lock:
-                fire = fault.error is not None and (
-                    fault.times is None or fault.raised < fault.times
+                jitter = fault.rng.uniform(0, fault.max_delay) if fault.max_delay else 0.0
+                lucky = fault.rng.random() >= fault.probability
+            if fault.delay or jitter:
+                time.sleep(fault.delay + jitter)
+            with self._lock:
+                fire = (
+                    fault.error is not None
+                    and not lucky
+                    and (fault.times is None or fault.raised < fault.times)
                 )
                 if fire:
                     fault.raised += 1
@@ -142,3 +160,26 @@ class FaultyFileSystem(AbstractFileSystem):
 
 def connection_reset() -> BaseException:
     return ConnectionResetError(104, "Connection reset by peer")
+
+
+def register() -> None:
+    """Serve `faulty:///path` (a local path) with the faults of $FAULTY_FS_PLAN.
+
+    The plan, JSON: {"seed": 1, "faults": [{"method": "put_file", "match": "ckpt-",
+    "max_delay": 0.3, "probability": 0.2, "error": "reset"}]}. Used by
+    tests/faulty_site/sitecustomize.py, so that a real `ftharness` process
+    (the chaos test's supervisor) writes to a slow and failing store.
+    """
+    plan = json.loads(os.environ[PLAN_VARIABLE])
+    rng = random.Random(plan.get("seed", 0))
+    errors = {"reset": connection_reset}
+
+    class PlannedFileSystem(FaultyFileSystem):
+        def __init__(self, **kwargs) -> None:
+            super().__init__(**kwargs)
+            for spec in plan["faults"]:
+                spec = dict(spec)
+                error = errors[spec.pop("error")] if "error" in spec else None
+                self.add(Fault(error=error, rng=rng, **spec))
+
+    fsspec.register_implementation("faulty", PlannedFileSystem, clobber=True)
