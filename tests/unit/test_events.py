@@ -6,13 +6,9 @@ import json
 import signal
 
 import pytest
-from faulty_fs import Fault, FaultyFileSystem
-from fsspec.implementations.local import LocalFileSystem
 
-from ftharness.checkpoint.lease import RemoteLease
 from ftharness.checkpoint.local import LocalCheckpointStore
 from ftharness.checkpoint.manifest import WriterInfo
-from ftharness.checkpoint.remote import RemoteCheckpointStore
 from ftharness.events import (
     EVENTS_DIR,
     AttemptRecord,
@@ -121,27 +117,3 @@ def test_commits_since_skips_older_steps_and_reads_sizes(tmp_path):
     assert [(c.step, c.bytes) for c in commits_since(store, after=1)] == [(2, 2), (3, 3)]
     assert [c.step for c in commits_since(store, after=None)] == [1, 2, 3]
     assert newest_commit(store).step == 3
-
-
-def test_records_are_mirrored_to_the_remote_store_without_waiting_for_it(tmp_path):
-    fs = FaultyFileSystem(LocalFileSystem(auto_mkdir=True))
-    slow = fs.add(Fault("pipe_file", delay=1.0))
-    remote = RemoteCheckpointStore(f"file://{tmp_path / 'remote'}", fs=fs)
-    lease = RemoteLease(LocalFileSystem(), remote.root, run_id="r", ttl=60)
-    lease.acquire()
-    recorder = RunRecorder.beside(tmp_path / "local", "r", remote=remote, lease=lease)
-    recorder.attempt_launched(1, pid=12, start=None)
-    # Written locally at once; the slow remote copy follows in the background.
-    assert [name for name, _ in files_in(tmp_path / "local")] == [recorder.record.file_name]
-    recorder.attempt_ended(ExitStatus(code=0, signal=None), Outcome.FINISHED, 5, None)
-    assert recorder.sink.flush(timeout=30)
-    copied = tmp_path / "remote" / EVENTS_DIR / recorder.record.file_name
-    assert AttemptRecord.from_json(copied.read_bytes()).end.final_step == 5
-    assert slow.calls >= 1
-    # Once the lease is gone, the records stay local.
-    lease.release()
-    recorder.heartbeat()
-    recorder.attempt_launched(2, pid=13, start=None)
-    assert recorder.sink.flush(timeout=30)
-    assert not (tmp_path / "remote" / EVENTS_DIR / recorder.record.file_name).exists()
-    assert (tmp_path / "local" / EVENTS_DIR / recorder.record.file_name).exists()
