@@ -50,18 +50,33 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
+from ftharness.checkpoint.layout import EVENTS_DIR
+from ftharness.checkpoint.lease import RemoteLease
 from ftharness.checkpoint.local import CheckpointRef, LocalCheckpointStore
 from ftharness.checkpoint.manifest import CheckpointError
+from ftharness.checkpoint.remote import RemoteCheckpointStore
 from ftharness.policy import Outcome
 from ftharness.process import ExitStatus
+from ftharness.record_sinks import (
+    LocalRecordSink,
+    MirroredRecordSink,
+    RecordSink,
+    StoreRecordSink,
+)
 
 log = logging.getLogger("ftharness.events")
 
 RECORD_FORMAT = "ftharness-attempt"
 RECORD_FORMAT_VERSION = 1
-# Relative to the checkpoint directory; a dot name, so checkpoint listings
-# (which match `ckpt-<12 digits>` only) never see it.
-EVENTS_DIR = Path(".ftharness") / "events"
+__all__ = [
+    "EVENTS_DIR",
+    "LocalRecordSink",
+    "ObserverGroup",
+    "RecordSink",
+    "RunRecorder",
+    "commits_since",
+    "newest_commit",
+]
 # How often a running attempt's record is rewritten when nothing else
 # happens: bounds how late `status` learns that a machine vanished.
 HEARTBEAT_SECONDS = 30.0
@@ -163,31 +178,6 @@ def read_records(files: Sequence[tuple[str, bytes]]) -> tuple[list[AttemptRecord
     return records, problems
 
 
-# -- where records go -----------------------------------------------------------
-
-
-class RecordSink(Protocol):
-    """Somewhere a record can be replaced whole, atomically."""
-
-    def write(self, name: str, data: bytes) -> None: ...
-
-
-class LocalRecordSink:
-    """Records in a local directory: temporary file, fsync, rename."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-
-    def write(self, name: str, data: bytes) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        temporary = self.directory / f".{name}.tmp-{os.getpid()}"
-        with open(temporary, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, self.directory / name)
-
-
 # -- what the supervisor reports ---------------------------------------------------
 
 
@@ -268,8 +258,19 @@ class RunRecorder:
         self._failing = False
 
     @classmethod
-    def beside(cls, checkpoint_dir: Path, run_id: str) -> RunRecorder:
-        return cls(LocalRecordSink(checkpoint_dir / EVENTS_DIR), run_id)
+    def beside(
+        cls,
+        checkpoint_dir: Path,
+        run_id: str,
+        remote: RemoteCheckpointStore | None = None,
+        lease: RemoteLease | None = None,
+    ) -> RunRecorder:
+        """Records in the checkpoint directory, mirrored to `remote` while `lease` is held."""
+        sink: RecordSink = LocalRecordSink(checkpoint_dir / EVENTS_DIR)
+        if remote is not None:
+            held = (lambda: lease.held) if lease is not None else (lambda: True)
+            sink = MirroredRecordSink(sink, StoreRecordSink(remote), held)
+        return cls(sink, run_id)
 
     def attempt_launched(self, attempt: int, pid: int, start: CommitSeen | None) -> None:
         now = time.time()

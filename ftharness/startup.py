@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-from ftharness.checkpoint.lease import LeaseHeldError, RemoteLease
+from ftharness.checkpoint.lease import LeaseHeldError, LeaseKeeper, RemoteLease
 from ftharness.checkpoint.local import LocalCheckpointStore
 from ftharness.checkpoint.lock import DirectoryLock
 from ftharness.checkpoint.manifest import CorruptCheckpointError
@@ -36,14 +36,7 @@ def prepare_local_dir(directory: Path, run_id: str) -> DirectoryLock:
     if not os.access(directory, os.W_OK | os.X_OK):
         raise PermissionError(13, "not writable")
     lock = DirectoryLock.acquire(directory, run_id=run_id, role="supervisor")
-    removed = LocalCheckpointStore(directory).remove_stale_temporaries()
-    if removed:
-        log.info(
-            "removed %d unfinished checkpoint write(s): %s",
-            len(removed),
-            ", ".join(removed),
-            extra={"event": "stale_removed"},
-        )
+    LocalCheckpointStore(directory).remove_stale_temporaries()  # logs what it removed
     return lock
 
 
@@ -64,15 +57,18 @@ def prepare_remote(config: SupervisorConfig) -> Replicator:
             f"{redact_url(config.backup_url)}: {describe_error(error)}"
         ) from None
     local = LocalCheckpointStore(config.local_dir)
+    keeper = LeaseKeeper(lease)
+    keeper.start()  # a long download at start-up must not let the lease lapse either
     try:
-        torn = remote.remove_torn_uploads()
+        torn = remote.remove_torn_uploads(before_delete=keeper.check)
         if torn:
             log.info("removed %d torn upload(s) from %s: %s", len(torn), config.backup_url, torn)
         fetch_newest(remote, local)
     except Exception:
+        keeper.stop()
         lease.release()
         raise
-    return Replicator(local, remote, lease, keep=config.keep)
+    return Replicator(local, remote, lease, keep=config.keep, keeper=keeper)
 
 
 def _acquire_waiting(lease: RemoteLease, wait: float) -> None:
@@ -94,8 +90,16 @@ def _acquire_waiting(lease: RemoteLease, wait: float) -> None:
 
 
 def fetch_newest(remote: RemoteCheckpointStore, local: LocalCheckpointStore) -> None:
-    """Download the newest remote checkpoint that verifies, if newer than the local one."""
-    local_step = local.latest_step()
+    """Download the newest remote checkpoint that verifies, if newer than the
+    newest local one that verifies.
+
+    A corrupt local checkpoint is moved aside first (as a restore would), so
+    that it can neither hide an intact remote copy of the same step nor stop
+    the download from committing. An I/O error on either side is raised
+    (`CheckpointIOError`, exit 73): it is not a reason to fall back.
+    """
+    newest_local = local.newest_verified()
+    local_step = newest_local.step if newest_local is not None else None
     for ref in reversed(remote.list_committed()):
         if local_step is not None and ref.step <= local_step:
             log.info("local checkpoint (step %d) is up to date with %s", local_step, remote.url)

@@ -127,7 +127,13 @@ class Supervisor:
         # (`ftharness status`) and the metrics (`upload_finished` for uploads).
         self.metrics = metrics if metrics is not None else NullMetrics()
         self.observers = ObserverGroup(
-            RunRecorder.beside(config.local_dir, config.run_id), self.metrics
+            RunRecorder.beside(
+                config.local_dir,
+                config.run_id,
+                remote=replicator.remote if replicator is not None else None,
+                lease=replicator.lease if replicator is not None else None,
+            ),
+            self.metrics,
         )
 
     def run(self) -> RunResult:
@@ -368,14 +374,8 @@ class Supervisor:
     def _remove_unfinished_writes(self) -> None:
         # The worker is gone and we hold the lock: a `.tmp-` directory is a
         # checkpoint write it never finished. It was never visible; drop it.
-        removed = self.store.remove_stale_temporaries()
-        if removed:
-            log.info(
-                "removed %d unfinished checkpoint write(s): %s",
-                len(removed),
-                ", ".join(removed),
-                extra={"event": "stale_removed"},
-            )
+        # The store logs what it removed.
+        self.store.remove_stale_temporaries()
 
     def _clean_up_group(self, pid: int) -> None:
         # What the worker left running belongs to a dead attempt; it must not

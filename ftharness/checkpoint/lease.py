@@ -14,6 +14,11 @@ is the current one. The sequence number plays the part of a generation:
 
 Expiry compares wall clocks of different machines: keep the TTL well above
 the clock skew you expect (the default is 60 s; renewals every TTL / 3).
+
+`LeaseKeeper` renews on its own timer thread, so a long upload never lets the
+lease lapse, and answers `check()` right before anything is committed or
+deleted: a holder that lost its lease (taken over, or not renewed within the
+TTL by its own clock) writes and deletes nothing more.
 """
 
 from __future__ import annotations
@@ -25,17 +30,20 @@ import os
 import posixpath
 import re
 import socket
+import threading
 import time
 from dataclasses import asdict, dataclass
 
 import fsspec
 
+from ftharness.checkpoint.layout import LEASE_RECORD_PREFIX, STATE_DIR
 from ftharness.checkpoint.remote import create_only
+from ftharness.redact import describe_error
 
 log = logging.getLogger("ftharness.lease")
 
-LEASE_DIR = ".ftharness"
-_RECORD = re.compile(r"lease-(\d{12})\.json$")
+LEASE_DIR = STATE_DIR
+_RECORD = re.compile(rf"{LEASE_RECORD_PREFIX}(\d{{12}})\.json$")
 
 
 class LeaseHeldError(RuntimeError):
@@ -139,6 +147,16 @@ class RemoteLease:
             raise LeaseLostError(f"{self.url}: another run holds a newer lease record")
         self._prune()
 
+    def confirm(self) -> None:
+        """Read the lease back: LeaseLostError unless our record is still the newest."""
+        sequence = self.sequence
+        if sequence is None:
+            raise LeaseLostError(f"{self.url}: the lease is not held")
+        newest = self.current()
+        if newest is None or newest.sequence != sequence:
+            self.sequence = None
+            raise LeaseLostError(f"{self.url}: the lease was taken over by another run")
+
     def release(self) -> None:
         if self.sequence is None:
             return
@@ -170,7 +188,7 @@ class RemoteLease:
         return LeaseRecord(**record)
 
     def _path(self, sequence: int) -> str:
-        return posixpath.join(self.directory, f"lease-{sequence:012d}.json")
+        return posixpath.join(self.directory, f"{LEASE_RECORD_PREFIX}{sequence:012d}.json")
 
     def _prune(self) -> None:
         # Old records only grow the listing; keep a few for the curious.
@@ -178,3 +196,94 @@ class RemoteLease:
             return
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self._path(self.sequence - 8))
+
+
+class LeaseKeeper:
+    """Keeps a held lease alive on its own timer, and says when it is lost.
+
+    Renews every `ttl / 3`; a failed renewal is retried every second. The
+    lease counts as lost when a renewal finds it taken over, or when no
+    renewal succeeded for `ttl` less a safety margin by our own monotonic
+    clock (another run, judging by its wall clock, may take it over then).
+    Loss is final and logged once.
+
+    Example::
+
+        keeper = LeaseKeeper(lease)          # lease.acquire() done before
+        keeper.start()
+        keeper.check()                       # before every commit or deletion
+        keeper.stop()
+    """
+
+    def __init__(self, lease: RemoteLease) -> None:
+        self.lease = lease
+        self._lost = threading.Event()
+        self._stopping = threading.Event()
+        self._renewing = threading.Lock()  # one renewal or confirmation at a time
+        # A lease is valid for `ttl` from the moment its record was written;
+        # counting from before the write keeps us on the safe side.
+        self._margin = lease.ttl / 6
+        self._valid_until = time.monotonic() + lease.ttl - self._margin
+        self._thread = threading.Thread(target=self._run, name="ftharness-lease", daemon=True)
+        self._started = False
+
+    @property
+    def lost(self) -> bool:
+        return self._lost.is_set()
+
+    def start(self) -> None:
+        """Start renewing; calling it again is harmless."""
+        if not self._started:
+            self._started = True
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+    def check(self) -> None:
+        """LeaseLostError unless the lease is ours right now (read back from the store)."""
+        if self._lost.is_set():
+            raise LeaseLostError(f"{self.lease.url}: the lease was lost")
+        if time.monotonic() >= self._valid_until:
+            self._lose(LeaseLostError(f"{self.lease.url}: the lease was not renewed in time"))
+        with self._renewing:
+            try:
+                self.lease.confirm()
+            except LeaseLostError as error:
+                self._lose(error)
+            except Exception as error:  # cannot tell: act as if lost, for this write only
+                raise LeaseLostError(
+                    f"{self.lease.url}: the lease could not be checked ({describe_error(error)})"
+                ) from None
+
+    def _lose(self, error: LeaseLostError) -> None:
+        if not self._lost.is_set():
+            self._lost.set()
+            self.lease.sequence = None
+            log.error("%s; uploads stop", error, extra={"event": "lease_lost"})
+        raise error
+
+    def _run(self) -> None:
+        interval = self.lease.ttl / 3
+        wait = interval
+        while not self._stopping.wait(wait) and not self._lost.is_set():
+            started = time.monotonic()
+            try:
+                with self._renewing:
+                    self.lease.renew()
+            except LeaseLostError as error:
+                with contextlib.suppress(LeaseLostError):
+                    self._lose(error)
+                return
+            except Exception as error:  # the store's errors: try again soon
+                log.warning("lease renewal failed (%s); retrying", describe_error(error))
+                if time.monotonic() >= self._valid_until:
+                    with contextlib.suppress(LeaseLostError):
+                        self._lose(LeaseLostError(f"{self.lease.url}: the lease expired"))
+                    return
+                wait = min(1.0, interval)
+                continue
+            self._valid_until = started + self.lease.ttl - self._margin
+            wait = interval

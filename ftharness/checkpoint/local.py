@@ -17,12 +17,20 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
+from ftharness.checkpoint import store as stores
 from ftharness.checkpoint.checksum import crc32
 from ftharness.checkpoint.durable import write_durable
+from ftharness.checkpoint.layout import (
+    DELETE_ON_SUCCESS_MARKER,
+    QUARANTINE_PREFIX,
+    STATE_DIR,
+    TEMPORARY_PREFIX,
+)
 from ftharness.checkpoint.lock import LOCK_FILE_NAME
 from ftharness.checkpoint.manifest import (
     MANIFEST_NAME,
@@ -33,17 +41,18 @@ from ftharness.checkpoint.manifest import (
     checkpoint_name,
     step_of,
 )
+from ftharness.checkpoint.retry import LOCAL_READ_SECONDS, read_or_io_error
 
 log = logging.getLogger("ftharness.checkpoint")
 
-TEMPORARY_PREFIX = ".tmp-"
-QUARANTINE_PREFIX = "corrupt-"
-# ftharness's own folder in a backup directory (event records, leases, markers).
-OWN_DIR = ".ftharness"
-# Written by a supervised worker whose job wants its backup removed once the
-# job succeeds (Keras's delete_checkpoint=True): the supervisor removes the
-# backup, locally and remotely, when the command exits 0 and this file exists.
-DELETE_ON_SUCCESS_MARKER = f"{OWN_DIR}/delete-on-success.json"
+__all__ = [
+    "DELETE_ON_SUCCESS_MARKER",
+    "QUARANTINE_PREFIX",
+    "TEMPORARY_PREFIX",
+    "CheckpointRef",
+    "LocalCheckpointStore",
+]
+
 _READ_CHUNK = 16 * 1024 * 1024
 
 
@@ -81,6 +90,10 @@ class LocalCheckpointStore:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        self.url = str(directory)
+        # Checkpoints this object committed from bytes it checksummed while
+        # writing them: retention need not read them back to trust them.
+        self._committed_here: set[str] = set()
 
     # -- reading -----------------------------------------------------------
 
@@ -88,7 +101,7 @@ class LocalCheckpointStore:
         """Directories that carry a manifest, oldest first."""
         refs = []
         try:
-            entries = list(os.scandir(self.directory))
+            entries = _read_local_entries(self.directory)
         except FileNotFoundError:
             return []
         for entry in entries:
@@ -104,9 +117,14 @@ class LocalCheckpointStore:
         return refs[-1].step if refs else None
 
     def read_manifest(self, ref: CheckpointRef) -> Manifest:
+        """The manifest; CorruptCheckpointError if it is gone or wrong,
+        CheckpointIOError if it could not be read (retried a few seconds first)."""
         try:
-            text = (ref.path / MANIFEST_NAME).read_text()
-        except (OSError, UnicodeDecodeError) as error:
+            data = _read_local(ref.path / MANIFEST_NAME, f"reading {ref.name}/{MANIFEST_NAME}")
+            text = data.decode()
+        except FileNotFoundError:
+            raise CorruptCheckpointError(str(ref.path), "manifest.json is missing") from None
+        except (IsADirectoryError, NotADirectoryError, UnicodeDecodeError) as error:
             raise CorruptCheckpointError(str(ref.path), f"manifest unreadable ({error})") from None
         manifest = Manifest.from_json(text, str(ref.path))
         if manifest.step != ref.step:
@@ -142,6 +160,7 @@ class LocalCheckpointStore:
 
         A corrupt newer one is reported, moved aside under a `corrupt-` name
         (kept for inspection, never deleted) and the previous one is used.
+        An I/O error (`CheckpointIOError`) is raised as it is: it moves nothing.
         """
         for ref in reversed(self.list_committed()):
             try:
@@ -150,6 +169,30 @@ class LocalCheckpointStore:
                 log.warning("%s; falling back to the previous checkpoint", error)
                 self._quarantine(ref)
         return None
+
+    def newest_verified(self) -> CheckpointRef | None:
+        """Like `load_latest`, without keeping the bytes: the ref of the newest
+        checkpoint that verifies, corrupt newer ones moved aside."""
+        for ref in reversed(self.list_committed()):
+            problems = self.verify(ref)
+            if not problems:
+                return ref
+            log.warning(
+                "checkpoint %s is corrupt: %s; falling back to the previous checkpoint",
+                ref.path,
+                "; ".join(problems),
+            )
+            self._quarantine(ref)
+        return None
+
+    def file_size(self, ref: CheckpointRef, file_name: str) -> int | None:
+        try:
+            return (ref.path / file_name).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def open_file(self, ref: CheckpointRef, file_name: str) -> BinaryIO:
+        return open(ref.path / file_name, "rb")
 
     # -- writing (caller holds the directory lock) ---------------------------
 
@@ -211,19 +254,19 @@ class LocalCheckpointStore:
             return CheckpointRef(name, manifest.step, final)
         os.rename(temporary, final)
         _fsync_directory(self.directory)
+        # Written (or verified, for `adopt`) from bytes checksummed here.
+        self._committed_here.add(name)
         return CheckpointRef(name, manifest.step, final)
 
-    def apply_retention(self, keep: int) -> list[CheckpointRef]:
-        """Delete all but the newest `keep` committed checkpoints; returns the deleted."""
-        if keep < 1:
-            raise ValueError(f"keep must be >= 1, got {keep}")
-        doomed = self.list_committed()[:-keep]
-        for ref in doomed:
-            self.delete(ref)
-        return doomed
+    def apply_retention(self, keep: int, trusted: Collection[str] = ()) -> list[CheckpointRef]:
+        """Delete all but the newest `keep` committed checkpoints, never the newest
+        one that verifies (see `stores.plan_retention`); returns the deleted."""
+        return stores.apply_retention(self, keep, trusted={*trusted, *self._committed_here})
 
     def remove_stale_temporaries(self) -> list[str]:
-        """Remove what interrupted writes and deletions left; returns their names."""
+        """Remove what interrupted writes and deletions left; returns their names.
+
+        Logged here, once, whoever calls it (the supervisor at start-up)."""
         removed = []
         try:
             entries = list(os.scandir(self.directory))
@@ -233,6 +276,13 @@ class LocalCheckpointStore:
             if entry.name.startswith(TEMPORARY_PREFIX) and entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(entry.path, ignore_errors=True)
                 removed.append(entry.name)
+        if removed:
+            log.info(
+                "removed %d unfinished checkpoint write(s): %s",
+                len(removed),
+                ", ".join(removed),
+                extra={"event": "stale_removed"},
+            )
         return removed
 
     def delete(self, ref: CheckpointRef) -> None:
@@ -254,7 +304,7 @@ class LocalCheckpointStore:
         for ref in self.list_committed():
             self.delete(ref)
         removed += self.remove_stale_temporaries()
-        own = self.directory / OWN_DIR
+        own = self.directory / STATE_DIR
         doomed = [*own.glob("lease-*.json"), self.directory / DELETE_ON_SUCCESS_MARKER]
         doomed.append(self.directory / LOCK_FILE_NAME)  # last: it guards the rest
         for path in doomed:
@@ -281,11 +331,37 @@ def _write_file(path: Path, chunks: Iterable[bytes | memoryview]) -> FileEntry:
     return FileEntry(size=size, crc32=crc)
 
 
+def _read_local_entries(directory: Path) -> list[os.DirEntry]:
+    return read_or_io_error(
+        str(directory),
+        f"listing {directory}",
+        lambda: list(os.scandir(directory)),
+        time.monotonic() + LOCAL_READ_SECONDS,
+    )
+
+
+def _read_local(path: Path, what: str) -> bytes:
+    return read_or_io_error(str(path), what, path.read_bytes, time.monotonic() + LOCAL_READ_SECONDS)
+
+
 def _read_verified(path: Path, entry: FileEntry, location: str, keep: bool = True) -> bytearray:
+    """Read `path` and check it against `entry`: corrupt if its content is wrong,
+    CheckpointIOError if it cannot be read (after retrying a few seconds)."""
     try:
-        actual_size = path.stat().st_size
-    except OSError:
+        return read_or_io_error(
+            location,
+            f"reading {path}",
+            lambda: _read_checked(path, entry, location, keep),
+            time.monotonic() + LOCAL_READ_SECONDS,
+        )
+    except (FileNotFoundError, NotADirectoryError):
         raise CorruptCheckpointError(location, f"{path.name} is missing") from None
+    except IsADirectoryError:
+        raise CorruptCheckpointError(location, f"{path.name} is not a file") from None
+
+
+def _read_checked(path: Path, entry: FileEntry, location: str, keep: bool) -> bytearray:
+    actual_size = path.stat().st_size
     if actual_size != entry.size:
         raise CorruptCheckpointError(
             location, f"{path.name} has {actual_size} bytes, manifest says {entry.size}"

@@ -15,83 +15,36 @@ from __future__ import annotations
 
 import logging
 import posixpath
-import sys
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import BinaryIO
 
 import fsspec
 from fsspec.callbacks import DEFAULT_CALLBACK
 from fsspec.implementations.local import LocalFileSystem
 
+from ftharness.checkpoint import store as stores
+from ftharness.checkpoint.checksum import crc32
+from ftharness.checkpoint.layout import CHECKPOINT_PREFIX, MANIFEST_NAME
 from ftharness.checkpoint.local import CheckpointRef, LocalCheckpointStore
-from ftharness.checkpoint.manifest import (
-    CHECKPOINT_PREFIX,
-    MANIFEST_NAME,
-    CorruptCheckpointError,
-    Manifest,
-    step_of,
-)
-from ftharness.redact import describe_error
+from ftharness.checkpoint.manifest import CorruptCheckpointError, Manifest, step_of
+from ftharness.checkpoint.retry import read_or_io_error, retry_until
 
 log = logging.getLogger("ftharness.remote")
 
-T = TypeVar("T")
+__all__ = ["RemoteCheckpointStore", "RemoteRef", "create_only", "retry_until"]
 
-# Errors that retrying cannot fix, even though they are OSErrors.
-_NOT_TRANSIENT = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError)
-
-
-def _transient_errors() -> tuple[type[BaseException], ...]:
-    """The store and network errors worth a retry.
-
-    s3fs maps S3's errors to OSError; aiohttp's connection errors are
-    OSErrors too; gcsfs raises its own HttpError. Programming errors
-    (AttributeError, TypeError, ...) are never retried.
-    """
-    errors: list[type[BaseException]] = [OSError, TimeoutError]
-    gcsfs_retry = sys.modules.get("gcsfs.retry")
-    if gcsfs_retry is not None:
-        errors.append(gcsfs_retry.HttpError)
-    aiohttp = sys.modules.get("aiohttp")
-    if aiohttp is not None:
-        errors.append(aiohttp.ClientError)
-    return tuple(errors)
+# How long a read with no deadline of its own (start-up, inspection) keeps
+# retrying transient errors before it reports an I/O error.
+READ_SECONDS = 30.0
+_CHUNK = 8 * 1024 * 1024
 
 
-class DeadlineExceeded(TimeoutError):
-    """An operation could not finish before its deadline."""
-
-
-def retry_until(
-    deadline: float | None, what: str, operation: Callable[[], T], attempts: int = 8
-) -> T:
-    """Run `operation`, retrying transient errors with backoff until `deadline`.
-
-    fsspec's backends retry some errors themselves, but not against a
-    deadline: the final upload has a grace period to fit in.
-    """
-    delay = 0.2
-    for attempt in range(1, attempts + 1):
-        try:
-            return operation()
-        except _NOT_TRANSIENT:
-            raise
-        except _transient_errors() as error:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if attempt == attempts or (remaining is not None and remaining <= delay):
-                raise
-            log.warning("%s failed (%s); retrying in %.1f s", what, _describe(error), delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
-    raise AssertionError("unreachable")
-
-
-def _describe(error: Exception) -> str:
-    # The error's text, never its arguments' repr: no credentials in logs.
-    return describe_error(error)
+def _read_deadline(deadline: float | None) -> float:
+    return deadline if deadline is not None else time.monotonic() + READ_SECONDS
 
 
 @dataclass(frozen=True)
@@ -112,10 +65,20 @@ class RemoteCheckpointStore:
         remote.download(newest, local_store)
     """
 
-    def __init__(self, url: str, storage_options: dict | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        storage_options: dict | None = None,
+        fs: fsspec.AbstractFileSystem | None = None,
+    ) -> None:
+        """`fs`, when given, is used instead of the URL's own filesystem (tests
+        wrap a real one in a faulty one); the URL still names the root."""
         self.url = url
-        self.fs, self.root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        url_fs, self.root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        self.fs = fs if fs is not None else url_fs
         self.root = self.root.rstrip("/")
+        # Checkpoints this object uploaded (from locally verified bytes).
+        self._committed_here: set[str] = set()
 
     def path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
@@ -142,16 +105,76 @@ class RemoteCheckpointStore:
         refs = self.list_committed()
         return refs[-1] if refs else None
 
-    def read_manifest(self, ref: RemoteRef) -> Manifest:
-        location = f"{self.url.rstrip('/')}/{ref.name}"
+    def read_manifest(self, ref: RemoteRef, deadline: float | None = None) -> Manifest:
+        """The manifest; CorruptCheckpointError if it is gone or wrong.
+
+        Transient errors are retried (until `deadline`, or `READ_SECONDS`),
+        then raised as CheckpointIOError: never taken for corruption.
+        """
+        location = self._location(ref)
         try:
-            text = self.fs.cat_file(posixpath.join(ref.path, MANIFEST_NAME)).decode()
-        except (OSError, UnicodeDecodeError) as error:
+            data = read_or_io_error(
+                location,
+                f"reading {ref.name}/{MANIFEST_NAME}",
+                lambda: self.fs.cat_file(posixpath.join(ref.path, MANIFEST_NAME)),
+                _read_deadline(deadline),
+            )
+            text = data.decode()
+        except FileNotFoundError:
+            raise CorruptCheckpointError(location, "manifest.json is missing") from None
+        except (IsADirectoryError, NotADirectoryError, UnicodeDecodeError) as error:
             raise CorruptCheckpointError(location, f"manifest unreadable ({error})") from None
         manifest = Manifest.from_json(text, location)
         if manifest.step != ref.step:
             raise CorruptCheckpointError(location, f"manifest says step {manifest.step}")
         return manifest
+
+    def _location(self, ref: RemoteRef) -> str:
+        return f"{self.url.rstrip('/')}/{ref.name}"
+
+    def file_size(self, ref: RemoteRef, file_name: str) -> int | None:
+        try:
+            return int(self.fs.size(posixpath.join(ref.path, file_name)))
+        except FileNotFoundError:
+            return None
+
+    def open_file(self, ref: RemoteRef, file_name: str) -> BinaryIO:
+        return self.fs.open(posixpath.join(ref.path, file_name), "rb")
+
+    def verify(self, ref: RemoteRef, deadline: float | None = None) -> list[str]:
+        """Problems with `ref`, file by file (every byte is read); empty when intact.
+
+        Raises CheckpointIOError when the store cannot be read.
+        """
+        try:
+            manifest = self.read_manifest(ref, deadline)
+        except CorruptCheckpointError as error:
+            return [error.reason]
+        problems = []
+        for file_name, entry in sorted(manifest.files.items()):
+            try:
+                size, crc = read_or_io_error(
+                    self._location(ref),
+                    f"reading {ref.name}/{file_name}",
+                    lambda f=file_name: self._checksum(ref, f),
+                    _read_deadline(deadline),
+                )
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                problems.append(f"{file_name} is missing")
+                continue
+            if size != entry.size:
+                problems.append(f"{file_name} has {size} bytes, manifest says {entry.size}")
+            elif crc != entry.crc32:
+                problems.append(f"{file_name} fails its checksum")
+        return problems
+
+    def _checksum(self, ref: RemoteRef, file_name: str) -> tuple[int, int]:
+        crc, size = 0, 0
+        with self.open_file(ref, file_name) as file:
+            while chunk := file.read(_CHUNK):
+                crc = crc32(chunk, crc)
+                size += len(chunk)
+        return size, crc
 
     # -- transfers -------------------------------------------------------------
 
@@ -161,8 +184,14 @@ class RemoteCheckpointStore:
         ref: CheckpointRef,
         deadline: float | None = None,
         callback: fsspec.callbacks.Callback | None = None,
+        before_manifest: Callable[[], None] | None = None,
     ) -> RemoteRef:
-        """Upload a committed local checkpoint: data files first, manifest last."""
+        """Upload a committed local checkpoint: data files first, manifest last.
+
+        `before_manifest` runs right before the manifest is written and may
+        raise to stop the commit (the lease check: a writer that lost its
+        lease must not commit over another's cleanup).
+        """
         manifest = local.read_manifest(ref)
         target = self.path(ref.name)
         if isinstance(self.fs, LocalFileSystem):  # object stores have no directories
@@ -178,6 +207,8 @@ class RemoteCheckpointStore:
                 ),
             )
         manifest_bytes = (ref.path / MANIFEST_NAME).read_bytes()
+        if before_manifest is not None:
+            before_manifest()
         try:
             retry_until(
                 deadline,
@@ -188,6 +219,8 @@ class RemoteCheckpointStore:
             # Uploaded before (a retried upload whose response was lost, or
             # the same step from an earlier attempt): keep the committed one.
             log.debug("%s was already committed remotely", ref.name)
+            return RemoteRef(ref.name, ref.step, target)
+        self._committed_here.add(ref.name)
         return RemoteRef(ref.name, ref.step, target)
 
     def download(
@@ -197,19 +230,33 @@ class RemoteCheckpointStore:
         deadline: float | None = None,
         callback: fsspec.callbacks.Callback | None = None,
     ) -> CheckpointRef:
-        """Fetch `ref` into the local store; verified before it is committed there."""
-        manifest = self.read_manifest(ref)
+        """Fetch `ref` into the local store; verified before it is committed there.
+
+        CorruptCheckpointError: a file is missing or wrong (fall back to an
+        older one); CheckpointIOError: the store could not be read (do not).
+        """
+        manifest = self.read_manifest(ref, deadline)
         temporary = local.new_temporary(ref.name)
-        for file_name in manifest.files:
-            retry_until(
-                deadline,
-                f"download of {ref.name}/{file_name}",
-                lambda f=file_name: self.fs.get_file(
-                    posixpath.join(ref.path, f),
-                    str(temporary / f),
-                    callback=callback or DEFAULT_CALLBACK,
-                ),
-            )
+        try:
+            for file_name in manifest.files:
+                read_or_io_error(
+                    self._location(ref),
+                    f"download of {ref.name}/{file_name}",
+                    lambda f=file_name: self.fs.get_file(
+                        posixpath.join(ref.path, f),
+                        str(temporary / f),
+                        callback=callback or DEFAULT_CALLBACK,
+                    ),
+                    _read_deadline(deadline),
+                )
+        except FileNotFoundError as error:
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise CorruptCheckpointError(
+                self._location(ref), f"a file is missing ({error})"
+            ) from None
+        except BaseException:
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise
         return local.adopt(temporary, manifest)
 
     # -- deleting (the caller holds the lease) --------------------------------
@@ -219,15 +266,18 @@ class RemoteCheckpointStore:
         self.fs.rm_file(posixpath.join(ref.path, MANIFEST_NAME))
         self.fs.rm(ref.path, recursive=True)
 
-    def apply_retention(self, keep: int) -> list[RemoteRef]:
-        if keep < 1:
-            raise ValueError(f"keep must be >= 1, got {keep}")
-        doomed = self.list_committed()[:-keep]
-        for ref in doomed:
-            self.delete(ref)
-        return doomed
+    def apply_retention(
+        self,
+        keep: int,
+        trusted: Collection[str] = (),
+        before_delete: Callable[[], None] | None = None,
+    ) -> list[RemoteRef]:
+        """See `store.apply_retention`: never the newest checkpoint that verifies."""
+        return stores.apply_retention(
+            self, keep, {*trusted, *self._committed_here}, before_delete=before_delete
+        )
 
-    def remove_torn_uploads(self) -> list[str]:
+    def remove_torn_uploads(self, before_delete: Callable[[], None] | None = None) -> list[str]:
         """Delete checkpoint prefixes that never got their manifest."""
         self.fs.invalidate_cache(self.root)
         committed = {ref.name for ref in self.list_committed()}
@@ -239,6 +289,8 @@ class RemoteCheckpointStore:
         for entry in entries:
             name = posixpath.basename(entry.rstrip("/"))
             if step_of(name) is not None and name not in committed:
+                if before_delete is not None:
+                    before_delete()
                 self.fs.rm(entry, recursive=True)
                 removed.append(name)
         return removed

@@ -8,6 +8,12 @@ The worker's retention may delete a local checkpoint while it is being
 uploaded. The uploader therefore never reads `ckpt-*` directly: it first
 hard-links the checkpoint's files into a private `.upload-*` directory (no
 copy, and immune to the deletion), and uploads from there.
+
+The lease is kept by a `LeaseKeeper` on its own timer, not by this thread:
+an upload may take longer than the lease's TTL. Before the manifest is
+written and before each retention deletion the keeper is asked again; once
+the lease is lost, nothing more is written or deleted (the supervisor keeps
+training locally). The event records are mirrored by `events`, not here.
 """
 
 from __future__ import annotations
@@ -20,19 +26,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from fsspec.implementations.local import LocalFileSystem
-
-from ftharness.checkpoint.lease import LeaseLostError, RemoteLease
+from ftharness.checkpoint.layout import MANIFEST_NAME, STAGING_PREFIX
+from ftharness.checkpoint.lease import LeaseKeeper, LeaseLostError, RemoteLease
 from ftharness.checkpoint.local import CheckpointRef, LocalCheckpointStore
-from ftharness.checkpoint.manifest import MANIFEST_NAME
 from ftharness.checkpoint.remote import RemoteCheckpointStore
-from ftharness.events import EVENTS_DIR
 from ftharness.progress import progress_for
 from ftharness.redact import describe_error
 
 log = logging.getLogger("ftharness.replicator")
 
-STAGING_PREFIX = ".upload-"
+__all__ = ["STAGING_PREFIX", "Replicator", "remove_staging", "stage"]
 
 
 class Replicator:
@@ -53,28 +56,35 @@ class Replicator:
         remote: RemoteCheckpointStore,
         lease: RemoteLease,
         keep: int,
+        keeper: LeaseKeeper | None = None,
     ) -> None:
+        """`keeper` keeps `lease` alive (one is made if not given; started either way)."""
         self.local = local
         self.remote = remote
         self.lease = lease
+        self.keeper = keeper if keeper is not None else LeaseKeeper(lease)
         self.keep = keep
         latest = remote.latest()
         self.uploaded_step: int | None = latest.step if latest else None
-        self.lease_lost = False
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._progress = threading.Condition()
         self._deadline: float | None = None
         self._thread = threading.Thread(target=self._run, name="ftharness-uploader", daemon=True)
         self._failures = 0
-        self._synced_events: dict[str, int] = {}
+        self._refused: set[int] = set()  # corrupt local checkpoints, never uploaded
         self._on_uploaded: Callable[[float, int], None] | None = None
 
     def start(self, on_uploaded: Callable[[float, int], None] | None = None) -> None:
         """Start uploading; `on_uploaded(seconds, bytes)` is told of each upload."""
         self._on_uploaded = on_uploaded
         remove_staging(self.local.directory)
+        self.keeper.start()
         self._thread.start()
+
+    @property
+    def lease_lost(self) -> bool:
+        return self.keeper.lost
 
     def notify(self) -> None:
         self._wake.set()
@@ -91,11 +101,13 @@ class Replicator:
             self._deadline = deadline
         self._wake.set()
         with self._progress:
-            while not self._has(target) and not self.lease_lost:
+            while not self._has(target) and not self.lease_lost and target not in self._refused:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
-                self._progress.wait(timeout=remaining if remaining is not None else 1.0)
+                # Woken by each upload; the lease keeper's thread does not
+                # notify, so look at `lease_lost` at least once a second.
+                self._progress.wait(timeout=min(remaining, 1.0) if remaining is not None else 1.0)
                 self._wake.set()
         return self._has(target)
 
@@ -103,82 +115,71 @@ class Replicator:
         self._stopping.set()
         self._wake.set()
         self._thread.join(timeout=30)
-        if not self.lease_lost:
-            self._sync_events()  # the attempts' final records
-
-    def _sync_events(self) -> None:
-        """Copy the supervisor's event records (`ftharness status`) beside the checkpoints.
-
-        One small file per attempt, rewritten whole: an overwrite is all an
-        object store needs, no append.
-        """
-        directory = self.local.directory / EVENTS_DIR
-        try:
-            records = [p for p in directory.glob("*.json") if not p.name.startswith(".")]
-        except OSError:
-            return
-        for path in records:
-            try:
-                stamp = path.stat().st_mtime_ns
-                if self._synced_events.get(path.name) == stamp:
-                    continue
-                target = self.remote.path(*EVENTS_DIR.parts, path.name)
-                if isinstance(self.remote.fs, LocalFileSystem):
-                    Path(target).parent.mkdir(parents=True, exist_ok=True)
-                self.remote.fs.pipe_file(target, path.read_bytes())
-                self._synced_events[path.name] = stamp
-            except Exception as error:  # records are a convenience: never fail a run for them
-                log.debug("could not copy event record %s: %s", path.name, error)
+        self.keeper.stop()
 
     def _has(self, step: int) -> bool:
         return self.uploaded_step is not None and self.uploaded_step >= step
 
     def _run(self) -> None:
-        renew_every = self.lease.ttl / 3
-        next_renewal = time.monotonic() + renew_every
         while not self._stopping.is_set():
-            timeout = max(0.0, next_renewal - time.monotonic())
+            timeout = None
             if self._failures:  # back off after failed uploads
-                timeout = min(timeout, min(30.0, 0.5 * 2**self._failures))
+                timeout = min(30.0, 0.5 * 2**self._failures)
             self._wake.wait(timeout)
             self._wake.clear()
             if self._stopping.is_set():
                 return
             try:
-                if time.monotonic() >= next_renewal:
-                    self.lease.renew()
-                    next_renewal = time.monotonic() + renew_every
                 self._upload_newest()
                 self._failures = 0
             except LeaseLostError as error:
-                log.error("%s; uploads stop", error, extra={"event": "lease_lost"})
-                self.lease_lost = True
+                if not self.keeper.lost:  # could not be checked: retry later
+                    self._failed(error)
+                    continue
                 with self._progress:
                     self._progress.notify_all()
                 return
             except Exception as error:
-                self._failures += 1
-                log.warning(
-                    "upload failed (%s); will retry",
-                    describe_error(error),
-                    extra={"event": "upload_failed"},
-                )
+                self._failed(error)
+
+    def _failed(self, error: Exception) -> None:
+        self._failures += 1
+        log.warning(
+            "upload failed (%s); will retry",
+            describe_error(error),
+            extra={"event": "upload_failed"},
+        )
 
     def _upload_newest(self) -> None:
         newest = self.local.list_committed()
-        if not newest or self._has(newest[-1].step):
+        if not newest or self._has(newest[-1].step) or newest[-1].step in self._refused:
             return
         ref = newest[-1]
         staged = stage(self.local, ref)
         if staged is None:
             return  # deleted by retention meanwhile: a newer one exists
+        problems = self.local.verify(staged)
+        if problems:
+            # Never upload what a restore would refuse: the remote's older
+            # intact checkpoints must stay the newest that verify there.
+            shutil.rmtree(staged.path, ignore_errors=True)
+            log.error("not uploading %s, it is corrupt: %s", ref.name, "; ".join(problems))
+            with self._progress:
+                self._refused.add(ref.step)
+                self._progress.notify_all()
+            return
         started = time.monotonic()
         size = sum(entry.size for entry in self.local.read_manifest(staged).files.values())
         try:
             with self._progress:
                 deadline = self._deadline
+            self.keeper.check()
             self.remote.upload(
-                self.local, staged, deadline=deadline, callback=progress_for(f"upload {ref.name}")
+                self.local,
+                staged,
+                deadline=deadline,
+                callback=progress_for(f"upload {ref.name}"),
+                before_manifest=self.keeper.check,
             )
         finally:
             shutil.rmtree(staged.path, ignore_errors=True)
@@ -195,8 +196,7 @@ class Replicator:
             self._progress.notify_all()
         if self._on_uploaded is not None:
             self._on_uploaded(elapsed, size)
-        self._sync_events()
-        deleted = self.remote.apply_retention(self.keep)
+        deleted = self.remote.apply_retention(self.keep, before_delete=self.keeper.check)
         if deleted:
             log.debug("remote retention deleted %s", [ref.name for ref in deleted])
 

@@ -1,9 +1,10 @@
-"""Reading a backup: its checkpoints, their manifests and files, the run's records.
+"""A backup as the inspection commands see it: a checkpoint store, its records, its lock.
 
-The inspection commands see a backup only through `BackupReader`. Local
-paths and file:// URLs are served by `LocalBackup`, over `LocalCheckpointStore`;
-gs://, s3:// and other fsspec URLs by `RemoteBackup`, over
-`RemoteCheckpointStore`, where the run's lease takes the place of the lock.
+`LocalBackup` (a path or a file:// URL) is a `LocalCheckpointStore`,
+`RemoteBackup` (gs://, s3://, other fsspec URLs) a `RemoteCheckpointStore`:
+the commands read checkpoints through the stores' own `CheckpointStore`
+protocol. What the two add is what inspection alone needs: the run's event
+records, and the writer's lock (the directory lock, or the prefix's lease).
 """
 
 from __future__ import annotations
@@ -13,85 +14,38 @@ import os
 import posixpath
 import time
 from pathlib import Path
-from typing import BinaryIO, Protocol, TypeVar
+from typing import Protocol
 
+from ftharness.checkpoint.layout import EVENTS_DIR
 from ftharness.checkpoint.lease import LeaseHeldError, RemoteLease
-from ftharness.checkpoint.local import CheckpointRef, LocalCheckpointStore
+from ftharness.checkpoint.local import LocalCheckpointStore
 from ftharness.checkpoint.lock import LOCK_FILE_NAME, DirectoryLock, DirectoryLockedError
-from ftharness.checkpoint.manifest import Manifest
-from ftharness.checkpoint.remote import RemoteCheckpointStore, RemoteRef
+from ftharness.checkpoint.remote import RemoteCheckpointStore
+from ftharness.checkpoint.store import CheckpointStore, RefT
 from ftharness.config import is_local_url, local_path
-from ftharness.events import EVENTS_DIR
 from ftharness.redact import describe_error, redact_url
+
+__all__ = ["BackupError", "BackupReader", "LocalBackup", "RefT", "RemoteBackup", "open_backup"]
 
 
 class BackupError(Exception):
     """The URL names no backup this version can read (a usage error, 64)."""
 
 
-class CheckpointEntry(Protocol):
-    """A committed checkpoint as a store lists it."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def step(self) -> int: ...
-
-
-RefT = TypeVar("RefT", bound=CheckpointEntry)
-
-
-class BackupReader(Protocol[RefT]):
-    """What the inspection commands need of a store; `RefT` is its checkpoint ref."""
-
-    url: str
-
-    def list_checkpoints(self) -> list[RefT]:
-        """Committed checkpoints (a manifest exists), oldest first."""
-        ...
-
-    def read_manifest(self, ref: RefT) -> Manifest:
-        """The manifest; raises `CorruptCheckpointError` when it does not parse."""
-        ...
-
-    def file_size(self, ref: RefT, file_name: str) -> int | None:
-        """Size of one of its files, None when it is missing."""
-        ...
-
-    def open_file(self, ref: RefT, file_name: str) -> BinaryIO:
-        """One of its files for reading; raises FileNotFoundError when missing."""
-        ...
+class BackupReader(CheckpointStore[RefT], Protocol[RefT]):
+    """A checkpoint store with the run's records beside it."""
 
     def event_files(self) -> list[tuple[str, bytes]]:
         """The run's event records, as (name, content)."""
         ...
 
 
-class LocalBackup:
+class LocalBackup(LocalCheckpointStore):
     """A backup in a local directory (a path or a file:// URL)."""
 
     def __init__(self, url: str, directory: Path) -> None:
+        super().__init__(directory)
         self.url = url
-        self.directory = directory
-        self.store = LocalCheckpointStore(directory)
-
-    # -- BackupReader --------------------------------------------------------------
-
-    def list_checkpoints(self) -> list[CheckpointRef]:
-        return self.store.list_committed()
-
-    def read_manifest(self, ref: CheckpointRef) -> Manifest:
-        return self.store.read_manifest(ref)
-
-    def file_size(self, ref: CheckpointRef, file_name: str) -> int | None:
-        try:
-            return (ref.path / file_name).stat().st_size
-        except FileNotFoundError:
-            return None
-
-    def open_file(self, ref: CheckpointRef, file_name: str) -> BinaryIO:
-        return open(ref.path / file_name, "rb")
 
     def event_files(self) -> list[tuple[str, bytes]]:
         directory = self.directory / EVENTS_DIR
@@ -113,9 +67,6 @@ class LocalBackup:
     def lock(self, role: str) -> DirectoryLock:
         """The directory's writer lock; raises DirectoryLockedError naming the holder."""
         return DirectoryLock.acquire(self.directory, run_id=f"ftharness-{role}", role=role)
-
-    def delete(self, ref: CheckpointRef) -> None:
-        self.store.delete(ref)
 
     def live_holder(self) -> str | None:
         """Who holds the directory's lock, found without taking it; None if nobody.
@@ -197,37 +148,16 @@ def open_backup(url: str, storage_options: dict | None = None) -> LocalBackup | 
     return LocalBackup(url, directory)
 
 
-class RemoteBackup:
-    """A backup in object storage (gs://, s3://) or any other fsspec URL."""
-
-    def __init__(self, url: str, storage_options: dict | None = None) -> None:
-        self.url = url
-        self.store = RemoteCheckpointStore(url, storage_options)
-
-    # -- BackupReader --------------------------------------------------------------
-
-    def list_checkpoints(self) -> list[RemoteRef]:
-        return self.store.list_committed()
-
-    def read_manifest(self, ref: RemoteRef) -> Manifest:
-        return self.store.read_manifest(ref)
-
-    def file_size(self, ref: RemoteRef, file_name: str) -> int | None:
-        try:
-            return int(self.store.fs.size(posixpath.join(ref.path, file_name)))
-        except FileNotFoundError:
-            return None
-
-    def open_file(self, ref: RemoteRef, file_name: str) -> BinaryIO:
-        return self.store.fs.open(posixpath.join(ref.path, file_name), "rb")
+class RemoteBackup(RemoteCheckpointStore):
+    """A backup under an fsspec URL; the run's lease takes the place of the lock."""
 
     def event_files(self) -> list[tuple[str, bytes]]:
-        pattern = self.store.path(*EVENTS_DIR.parts, "*.json")
-        self.store.fs.invalidate_cache(self.store.path(*EVENTS_DIR.parts))
+        pattern = self.path(*EVENTS_DIR.parts, "*.json")
+        self.fs.invalidate_cache(self.path(*EVENTS_DIR.parts))
         files = []
-        for path in sorted(self.store.fs.glob(pattern)):
+        for path in sorted(self.fs.glob(pattern)):
             try:
-                files.append((posixpath.basename(path), self.store.fs.cat_file(path)))
+                files.append((posixpath.basename(path), self.fs.cat_file(path)))
             except FileNotFoundError:
                 continue
         return files
@@ -236,17 +166,14 @@ class RemoteBackup:
 
     def lock(self, role: str) -> RemoteLease:
         """The prefix's lease; raises DirectoryLockedError naming a live holder."""
-        lease = RemoteLease(self.store.fs, self.store.root, run_id=f"ftharness-{role}", ttl=60)
+        lease = RemoteLease(self.fs, self.root, run_id=f"ftharness-{role}", ttl=60)
         try:
             lease.acquire()
         except LeaseHeldError as error:
             raise DirectoryLockedError(self.url, error.holder) from None
         return lease
 
-    def delete(self, ref: RemoteRef) -> None:
-        self.store.delete(ref)
-
     def live_holder(self) -> str | None:
-        record = RemoteLease(self.store.fs, self.store.root, run_id="ftharness-ls").current()
+        record = RemoteLease(self.fs, self.root, run_id="ftharness-ls").current()
         now = time.time()
         return record.describe(now) if record is not None and record.live(now) else None

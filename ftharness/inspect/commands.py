@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _ls(backup: BackupReader[Any], args: argparse.Namespace) -> int:
-    refs = list(reversed(backup.list_checkpoints()))
+    refs = list(reversed(backup.list_committed()))
     check = verify_checkpoint if args.verify else check_sizes
     verdicts = [check(backup, ref) for ref in refs]
     now = time.time()
@@ -153,7 +153,7 @@ def _ls(backup: BackupReader[Any], args: argparse.Namespace) -> int:
 
 
 def _verify(backup: BackupReader[Any], args: argparse.Namespace) -> int:
-    refs = backup.list_checkpoints()
+    refs = backup.list_committed()
     if args.checkpoint is not None:
         candidates = [_named(refs, args.checkpoint, backup.url)]
     else:
@@ -189,7 +189,7 @@ def _verify(backup: BackupReader[Any], args: argparse.Namespace) -> int:
 
 def _status(backup: BackupReader[Any], args: argparse.Namespace) -> int:
     records = _records(backup)
-    refs = backup.list_checkpoints()
+    refs = backup.list_committed()
     newest = check_sizes(backup, refs[-1]) if refs else None
     now = time.time()
     if not records:

@@ -1,6 +1,6 @@
 """Recompute a checkpoint's sizes and checksums against its manifest.
 
-Works through any `BackupReader`, streaming each file in chunks, so that a
+Works through any `CheckpointStore`, streaming each file in chunks, so that a
 checkpoint larger than memory (or on a remote store) can be checked. The
 problems are named file by file, in the words `LocalCheckpointStore` uses.
 """
@@ -11,7 +11,8 @@ import zlib
 from dataclasses import dataclass
 
 from ftharness.checkpoint.manifest import CorruptCheckpointError, Manifest
-from ftharness.inspect.backup import BackupReader, RefT
+from ftharness.checkpoint.store import CheckpointStore as BackupReader
+from ftharness.checkpoint.store import RefT
 from ftharness.progress import Progress
 
 _CHUNK = 8 * 1024 * 1024

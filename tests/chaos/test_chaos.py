@@ -12,6 +12,11 @@ failure reproduces):
   write must never be loaded;
 - SIGTERM to the supervisor (docker stop, the kubelet): the worker commits a
   final checkpoint, the supervisor exits 143 and is started again.
+All the while the remote store is slow and failing: the backup URL is a
+`faulty://` store (tests/faulty_fs.py, a real local directory behind a
+wrapper) whose uploads and commits take up to 0.2 s and fail with a
+connection reset one time in six, from the same seed. At the end the remote
+store holds the newest checkpoint, intact.
 Every relaunch pays a TensorFlow import, so the training is small and its
 batches fast; most interruptions are SIGKILLs of the worker.
 """
@@ -28,8 +33,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from support import BASE_ENV, PYTHON, REPO, WORKERS, wait_for
+from support import BASE_ENV, PYTHON, REPO, WORKERS, ftharness_command, wait_for
 
+from ftharness.checkpoint.local import LocalCheckpointStore
+from ftharness.checkpoint.remote import RemoteCheckpointStore
 from ftharness.exitcodes import ExitCode
 
 pytestmark = pytest.mark.slow
@@ -39,6 +46,17 @@ INTERRUPTIONS = 30
 TOTAL_STEPS = 192  # the worker's "chaos" case: 8 epochs of 24 batches, saved every 2
 KINDS = ("kill",) * 6 + ("kill-in-write",) * 2 + ("term",) * 2
 WORKER = WORKERS / "exactness_worker.py"
+FAULTY_SITE = REPO / "tests" / "faulty_site"
+
+
+def store_faults(seed: int) -> str:
+    """The remote store's faults (tests/faulty_fs.py `register`): slow, and failing."""
+    faults = [
+        {"method": method, "match": "ckpt-", "max_delay": 0.2, "probability": 1 / 6}
+        | {"error": "reset"}
+        for method in ("put_file", "pipe_file")
+    ]
+    return json.dumps({"seed": seed, "faults": faults})
 
 
 def chaos_seed() -> int:
@@ -98,10 +116,16 @@ def test_thirty_random_interruptions_end_bit_identical(supervise, tmp_path):
         "PROGRESS_FILE": str(progress_file),
         "CHAOS_PLAN": str(plan),
         "BATCH_SLEEP": "0.01",
+        # The supervisor serves faulty:// from tests/faulty_fs.py.
+        "FAULTY_FS_PLAN": store_faults(seed),
+        "PYTHONPATH": os.pathsep.join(
+            [str(FAULTY_SITE), str(REPO), str(REPO / "tests"), BASE_ENV.get("PYTHONPATH", "")]
+        ),
     }
+    remote_dir = chaos / "remote"
     command = [
-        "--backup-dir", str(chaos / "backups"), "--backoff-initial", "0", "--max-restarts",
-        "100", "--grace-period", "30", "--",
+        "--backup-dir", f"faulty://{remote_dir}", "--local-dir", str(chaos / "backups"),
+        "--backoff-initial", "0", "--max-restarts", "100", "--grace-period", "30", "--",
         PYTHON, str(WORKER), "chaos", "--report", str(report),
     ]  # fmt: skip
 
@@ -163,3 +187,15 @@ def test_thirty_random_interruptions_end_bit_identical(supervise, tmp_path):
     differing = sorted(k for k in expected if expected[k] != actual.get(k))
     assert not differing, f"{context} the chaos run differs in {differing}"
     assert actual["steps"] == TOTAL_STEPS
+    # The store failed along the way, and still holds the newest checkpoint, intact.
+    assert "ConnectionResetError" in log, context
+    remote = RemoteCheckpointStore(f"file://{remote_dir}")
+    newest = remote.latest()
+    assert (
+        newest is not None and newest.step == LocalCheckpointStore(chaos / "backups").latest_step()
+    )
+    assert remote.verify(newest) == [], context
+    verify = subprocess.run(
+        ftharness_command("verify", str(remote_dir)), capture_output=True, text=True, timeout=120
+    )
+    assert verify.returncode == 0, f"{context} {verify.stdout} {verify.stderr}"

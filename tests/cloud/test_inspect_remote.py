@@ -53,4 +53,7 @@ def test_inspection_commands_read_and_collect_a_remote_backup(s3_emulator, super
     assert dry.returncode == 0 and "would delete ckpt-000000000002" in dry.stdout
     assert [ref.step for ref in remote.list_committed()] == [2, 3, 4]
     assert cli("gc", url, "--keep", "1").returncode == 0
-    assert [ref.step for ref in remote.list_committed()] == [4]
+    # The newest is damaged: step 3 is where a restore falls back to, so gc
+    # keeps it whatever --keep says (Trust item 2); step 2 goes.
+    assert [ref.step for ref in remote.list_committed()] == [3, 4]
+    assert remote.verify(remote.list_committed()[0]) == []

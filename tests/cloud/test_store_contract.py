@@ -1,4 +1,5 @@
-"""One contract, every backend: file://, memory://, s3:// (moto), gs:// (fake-gcs-server)."""
+"""One contract, every backend: file://, memory://, s3:// (moto), gs:// (fake-gcs-server),
+and the `CheckpointStore` protocol met by the local store and every remote one."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from ftharness.checkpoint.lease import LeaseHeldError, LeaseLostError, RemoteLea
 from ftharness.checkpoint.local import LocalCheckpointStore
 from ftharness.checkpoint.manifest import WriterInfo
 from ftharness.checkpoint.remote import RemoteCheckpointStore, create_only
+from ftharness.checkpoint.store import CheckpointStore
 
 WRITER = WriterInfo("host", 1, "run")
 
@@ -142,3 +144,48 @@ def test_an_expired_lease_is_taken_over_and_its_holder_learns_it(backend):
     with pytest.raises(LeaseLostError):
         crashed.renew()
     assert successor.current().run_id == "successor"
+
+
+def test_retention_never_deletes_the_newest_checkpoint_that_verifies(backend, tmp_path):
+    url, options = backend
+    source = LocalCheckpointStore(tmp_path / "source")
+    writer = RemoteCheckpointStore(url, options)
+    for step in (1, 2, 3):
+        writer.upload(source, commit_local(source, step))
+    # The newest one damaged in the bucket (same size, other bytes).
+    writer.fs.pipe_file(writer.path("ckpt-000000000003", "arrays.bin"), b"WEIGHTS")
+    # The next run applies retention: it trusts nothing it did not upload itself.
+    successor = RemoteCheckpointStore(url, {**options, "skip_instance_cache": True})
+    assert successor.verify(successor.latest()) == ["arrays.bin fails its checksum"]
+    assert [ref.step for ref in successor.apply_retention(1)] == [1]
+    assert [ref.step for ref in successor.list_committed()] == [2, 3]
+    assert successor.verify(successor.list_committed()[0]) == []
+
+
+@pytest.fixture(params=["local", "remote"])
+def any_store(request, backend, tmp_path):
+    """A `CheckpointStore` holding steps 1, 2, 3: the local store, or each remote backend."""
+    source = LocalCheckpointStore(tmp_path / "source")
+    refs = [commit_local(source, step, b"weights-%d" % step) for step in (1, 2, 3)]
+    if request.param == "local":
+        return LocalCheckpointStore(tmp_path / "source")  # a fresh object: trusts nothing
+    url, options = backend
+    remote = RemoteCheckpointStore(url, options)
+    for ref in refs:
+        remote.upload(source, ref)
+    return RemoteCheckpointStore(url, {**options, "skip_instance_cache": True})
+
+
+def test_every_store_meets_the_checkpoint_store_protocol(any_store: CheckpointStore):
+    refs = any_store.list_committed()
+    assert [ref.step for ref in refs] == [1, 2, 3]
+    assert any_store.read_manifest(refs[-1]).files["arrays.bin"].size == len(b"weights-3")
+    assert all(any_store.verify(ref) == [] for ref in refs)
+    assert any_store.file_size(refs[-1], "arrays.bin") == len(b"weights-3")
+    assert any_store.file_size(refs[-1], "absent.bin") is None
+    with any_store.open_file(refs[-1], "arrays.bin") as file:
+        assert file.read() == b"weights-3"
+    any_store.delete(refs[0])
+    assert [ref.step for ref in any_store.list_committed()] == [2, 3]
+    assert [ref.step for ref in any_store.apply_retention(1)] == [2]
+    assert [ref.step for ref in any_store.list_committed()] == [3]

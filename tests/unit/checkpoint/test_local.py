@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -141,3 +143,59 @@ def test_stale_temporaries_are_removed(store, tmp_path):
 def test_manifest_round_trip():
     manifest = Manifest(step=1, epoch=2, batch=3, files={}, writer=WRITER)
     assert Manifest.from_json(manifest.to_json(), "x") == manifest
+
+
+def test_retention_never_deletes_the_newest_checkpoint_that_verifies(tmp_path):
+    writer = LocalCheckpointStore(tmp_path)
+    for step in (1, 2, 3):
+        commit(writer, step)
+    (tmp_path / "ckpt-000000000003" / "data.bin").write_bytes(b"PAYLOAD")  # same size
+    # Another process (the next attempt) applies retention: it trusts nothing.
+    deleted = LocalCheckpointStore(tmp_path).apply_retention(1)
+    assert [ref.step for ref in deleted] == [1]
+    assert [ref.step for ref in writer.list_committed()] == [2, 3]
+
+
+_EMFILE_CHILD = """
+import resource, sys, threading
+from pathlib import Path
+from ftharness.checkpoint.local import LocalCheckpointStore
+from ftharness.checkpoint.retry import CheckpointIOError
+store = LocalCheckpointStore(Path(sys.argv[1]))
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+held = []
+try:
+    while True:
+        held.append(open("/dev/null"))
+except OSError:
+    pass  # the file table is full: every open now fails with EMFILE
+if sys.argv[2] == "transient":  # the table frees up a second later
+    threading.Timer(1.0, lambda: [file.close() for file in held]).start()
+try:
+    loaded = store.load_latest()
+except CheckpointIOError as error:
+    print("io-error", error.detail)
+else:
+    print("loaded", loaded.manifest.step if loaded else None)
+"""
+
+
+@pytest.mark.parametrize(
+    ("fault", "expected"), [("transient", "loaded 2"), ("always", "Too many open files")]
+)
+def test_emfile_while_reading_is_retried_then_an_io_error_and_moves_nothing(
+    tmp_path, fault, expected
+):
+    store = LocalCheckpointStore(tmp_path)
+    commit(store, 1)
+    commit(store, 2)
+    child = subprocess.run(
+        [sys.executable, "-c", _EMFILE_CHILD, str(tmp_path), fault],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert child.returncode == 0, child.stderr
+    assert expected in child.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-000000000001", "ckpt-000000000002"]
+    assert store.load_latest().manifest.step == 2

@@ -30,7 +30,7 @@ def backup(tmp_path):
 
 
 def newest(backup):
-    return backup.list_checkpoints()[-1]
+    return backup.list_committed()[-1]
 
 
 def test_an_intact_checkpoint_passes_both_checks(backup):
