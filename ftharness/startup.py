@@ -62,7 +62,7 @@ def prepare_remote(config: SupervisorConfig) -> Replicator:
     try:
         torn = remote.remove_torn_uploads(before_delete=keeper.check)
         if torn:
-            log.info("removed %d torn upload(s) from %s: %s", len(torn), config.backup_url, torn)
+            log.info("removed %d torn upload(s) from %s: %s", len(torn), remote.url, torn)
         fetch_newest(remote, local)
     except Exception:
         keeper.stop()

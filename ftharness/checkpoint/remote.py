@@ -32,6 +32,7 @@ from ftharness.checkpoint.layout import CHECKPOINT_PREFIX, MANIFEST_NAME
 from ftharness.checkpoint.local import CheckpointRef, LocalCheckpointStore
 from ftharness.checkpoint.manifest import CorruptCheckpointError, Manifest, step_of
 from ftharness.checkpoint.retry import read_or_io_error, retry_until
+from ftharness.redact import redact_url
 
 log = logging.getLogger("ftharness.remote")
 
@@ -73,7 +74,8 @@ class RemoteCheckpointStore:
     ) -> None:
         """`fs`, when given, is used instead of the URL's own filesystem (tests
         wrap a real one in a faulty one); the URL still names the root."""
-        self.url = url
+        # `url` is what logs and errors show: never its credentials.
+        self.url = redact_url(url)
         url_fs, self.root = fsspec.core.url_to_fs(url, **(storage_options or {}))
         self.fs = fs if fs is not None else url_fs
         self.root = self.root.rstrip("/")
