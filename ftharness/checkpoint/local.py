@@ -19,17 +19,26 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from ftharness.checkpoint.checksum import crc32
 from ftharness.checkpoint.durable import write_durable
 from ftharness.checkpoint.manifest import (
     MANIFEST_NAME,
+    MAX_MANIFEST_BYTES,
     CorruptCheckpointError,
     FileEntry,
     Manifest,
     WriterInfo,
+    check_file_name,
     checkpoint_name,
     step_of,
+)
+from ftharness.checkpoint.safe_read import (
+    NotRegularFileError,
+    TooLargeError,
+    open_regular,
+    read_regular,
 )
 
 log = logging.getLogger("ftharness.checkpoint")
@@ -97,8 +106,10 @@ class LocalCheckpointStore:
 
     def read_manifest(self, ref: CheckpointRef) -> Manifest:
         try:
-            text = (ref.path / MANIFEST_NAME).read_text()
-        except (OSError, UnicodeDecodeError) as error:
+            text = read_regular(ref.path, MANIFEST_NAME, MAX_MANIFEST_BYTES)
+        except (NotRegularFileError, TooLargeError) as error:
+            raise CorruptCheckpointError(str(ref.path), str(error)) from None
+        except OSError as error:
             raise CorruptCheckpointError(str(ref.path), f"manifest unreadable ({error})") from None
         manifest = Manifest.from_json(text, str(ref.path))
         if manifest.step != ref.step:
@@ -155,6 +166,8 @@ class LocalCheckpointStore:
         writer: WriterInfo,
     ) -> CheckpointRef:
         """Write `files` and commit them as checkpoint `step`, atomically."""
+        for file_name in files:
+            check_file_name(file_name)  # what readers would refuse is never written
         temporary = self.new_temporary(checkpoint_name(step))
         try:
             entries = {
@@ -250,25 +263,35 @@ def _write_file(path: Path, chunks: Iterable[bytes | memoryview]) -> FileEntry:
 
 def _read_verified(path: Path, entry: FileEntry, location: str, keep: bool = True) -> bytearray:
     try:
-        actual_size = path.stat().st_size
+        file = open_regular(path.parent, path.name)
+    except NotRegularFileError as error:
+        raise CorruptCheckpointError(location, str(error)) from None
     except OSError:
         raise CorruptCheckpointError(location, f"{path.name} is missing") from None
-    if actual_size != entry.size:
-        raise CorruptCheckpointError(
-            location, f"{path.name} has {actual_size} bytes, manifest says {entry.size}"
-        )
+    with file:
+        actual_size = os.fstat(file.fileno()).st_size
+        if actual_size != entry.size:
+            raise CorruptCheckpointError(
+                location, f"{path.name} has {actual_size} bytes, manifest says {entry.size}"
+            )
+        return _read_checked(file, path, entry, location, keep)
+
+
+def _read_checked(
+    file: BinaryIO, path: Path, entry: FileEntry, location: str, keep: bool
+) -> bytearray:
+    # Never more than entry.size bytes, whatever the file does meanwhile.
     buffer = bytearray(entry.size if keep else min(entry.size, _READ_CHUNK))
     view = memoryview(buffer)
     crc = 0
-    with open(path, "rb", buffering=0) as file:
-        offset = 0
-        while offset < entry.size:
-            target = view[offset:] if keep else view
-            count = file.readinto(target[: min(len(target), _READ_CHUNK)])
-            if not count:
-                break
-            crc = crc32(target[:count], crc)
-            offset += count
+    offset = 0
+    while offset < entry.size:
+        target = view[offset:] if keep else view
+        count = file.readinto(target[: min(len(target), _READ_CHUNK, entry.size - offset)])
+        if not count:
+            break
+        crc = crc32(target[:count], crc)
+        offset += count
     if crc != entry.crc32:
         raise CorruptCheckpointError(location, f"{path.name} fails its checksum")
     return buffer if keep else bytearray()

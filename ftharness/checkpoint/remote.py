@@ -30,10 +30,12 @@ from ftharness.checkpoint.local import CheckpointRef, LocalCheckpointStore
 from ftharness.checkpoint.manifest import (
     CHECKPOINT_PREFIX,
     MANIFEST_NAME,
+    MAX_MANIFEST_BYTES,
     CorruptCheckpointError,
     Manifest,
     step_of,
 )
+from ftharness.checkpoint.safe_read import NotRegularFileError, TooLargeError, regular_object_size
 
 log = logging.getLogger("ftharness.remote")
 
@@ -143,9 +145,15 @@ class RemoteCheckpointStore:
 
     def read_manifest(self, ref: RemoteRef) -> Manifest:
         location = f"{self.url.rstrip('/')}/{ref.name}"
+        path = posixpath.join(ref.path, MANIFEST_NAME)
         try:
-            text = self.fs.cat_file(posixpath.join(ref.path, MANIFEST_NAME)).decode()
-        except (OSError, UnicodeDecodeError) as error:
+            size = regular_object_size(self.fs.info(path))
+            if size > MAX_MANIFEST_BYTES:
+                raise TooLargeError(path, size, MAX_MANIFEST_BYTES)
+            text = self.fs.cat_file(path, start=0, end=MAX_MANIFEST_BYTES + 1)
+        except (NotRegularFileError, TooLargeError) as error:
+            raise CorruptCheckpointError(location, str(error)) from None
+        except OSError as error:
             raise CorruptCheckpointError(location, f"manifest unreadable ({error})") from None
         manifest = Manifest.from_json(text, location)
         if manifest.step != ref.step:
@@ -198,6 +206,21 @@ class RemoteCheckpointStore:
     ) -> CheckpointRef:
         """Fetch `ref` into the local store; verified before it is committed there."""
         manifest = self.read_manifest(ref)
+        location = f"{self.url.rstrip('/')}/{ref.name}"
+        for file_name, entry in manifest.files.items():
+            # Before any byte moves: a FIFO, a device or a symlink on a file://
+            # store would hang or never end the copy; a wrong size is corrupt anyway.
+            object_path = posixpath.join(ref.path, file_name)
+            try:
+                size = regular_object_size(self.fs.info(object_path))
+            except FileNotFoundError:
+                raise CorruptCheckpointError(location, f"{file_name} is missing") from None
+            except NotRegularFileError as error:
+                raise CorruptCheckpointError(location, str(error)) from None
+            if size != entry.size:
+                raise CorruptCheckpointError(
+                    location, f"{file_name} has {size} bytes, manifest says {entry.size}"
+                )
         temporary = local.new_temporary(ref.name)
         for file_name in manifest.files:
             retry_until(

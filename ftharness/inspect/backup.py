@@ -20,12 +20,23 @@ from ftharness.checkpoint.local import CheckpointRef, LocalCheckpointStore
 from ftharness.checkpoint.lock import LOCK_FILE_NAME, DirectoryLock, DirectoryLockedError
 from ftharness.checkpoint.manifest import Manifest
 from ftharness.checkpoint.remote import RemoteCheckpointStore, RemoteRef
+from ftharness.checkpoint.safe_read import (
+    NotRegularFileError,
+    TooLargeError,
+    open_regular,
+    read_regular,
+    regular_object_size,
+)
 from ftharness.config import is_local_url, local_path
-from ftharness.events import EVENTS_DIR
+from ftharness.events import EVENTS_DIR, MAX_RECORD_BYTES
 
 
 class BackupError(Exception):
     """The URL names no backup this version can read (a usage error, 64)."""
+
+
+class BackupUnreachableError(BackupError):
+    """The URL names a store that cannot be reached now (73, not a usage error)."""
 
 
 class CheckpointEntry(Protocol):
@@ -55,11 +66,14 @@ class BackupReader(Protocol[RefT]):
         ...
 
     def file_size(self, ref: RefT, file_name: str) -> int | None:
-        """Size of one of its files, None when it is missing."""
+        """Size of one of its files, None when it is missing.
+
+        Raises NotRegularFileError for a symlink, FIFO or device."""
         ...
 
     def open_file(self, ref: RefT, file_name: str) -> BinaryIO:
-        """One of its files for reading; raises FileNotFoundError when missing."""
+        """One of its files for reading; raises FileNotFoundError when missing,
+        NotRegularFileError for a symlink, FIFO or device."""
         ...
 
     def event_files(self) -> list[tuple[str, bytes]]:
@@ -85,12 +99,13 @@ class LocalBackup:
 
     def file_size(self, ref: CheckpointRef, file_name: str) -> int | None:
         try:
-            return (ref.path / file_name).stat().st_size
+            with open_regular(ref.path, file_name) as file:
+                return os.fstat(file.fileno()).st_size
         except FileNotFoundError:
             return None
 
     def open_file(self, ref: CheckpointRef, file_name: str) -> BinaryIO:
-        return open(ref.path / file_name, "rb")
+        return open_regular(ref.path, file_name)
 
     def event_files(self) -> list[tuple[str, bytes]]:
         directory = self.directory / EVENTS_DIR
@@ -102,9 +117,11 @@ class LocalBackup:
         files = []
         for path in paths:
             try:
-                files.append((path.name, path.read_bytes()))
+                files.append((path.name, read_regular(directory, path.name, MAX_RECORD_BYTES)))
             except FileNotFoundError:
                 continue  # replaced or removed since the listing
+            except (NotRegularFileError, TooLargeError):
+                files.append((path.name, b""))  # never read; reported as a record with no content
         return files
 
     # -- writing, for gc -----------------------------------------------------------
@@ -188,6 +205,10 @@ def open_backup(url: str, storage_options: dict | None = None) -> LocalBackup | 
     if not is_local_url(url):
         try:
             return RemoteBackup(url, storage_options)
+        except OSError as error:  # ftp:// and sftp:// connect at once: a refused connection
+            raise BackupUnreachableError(
+                f"{url} is not readable: {type(error).__name__}: {str(error)[:200]}"
+            ) from None
         except Exception as error:  # unknown protocol, missing gcsfs/s3fs, bad options
             raise BackupError(f"{url}: {type(error).__name__}: {str(error)[:200]}") from None
     directory = local_path(url)
@@ -213,7 +234,7 @@ class RemoteBackup:
 
     def file_size(self, ref: RemoteRef, file_name: str) -> int | None:
         try:
-            return int(self.store.fs.size(posixpath.join(ref.path, file_name)))
+            return regular_object_size(self.store.fs.info(posixpath.join(ref.path, file_name)))
         except FileNotFoundError:
             return None
 
@@ -226,9 +247,13 @@ class RemoteBackup:
         files = []
         for path in sorted(self.store.fs.glob(pattern)):
             try:
-                files.append((posixpath.basename(path), self.store.fs.cat_file(path)))
+                regular_object_size(self.store.fs.info(path))
+                content = self.store.fs.cat_file(path, start=0, end=MAX_RECORD_BYTES + 1)
             except FileNotFoundError:
                 continue
+            except NotRegularFileError:
+                content = b""  # a FIFO or device on a file:// store: never read
+            files.append((posixpath.basename(path), content))
         return files
 
     # -- writing, for gc -----------------------------------------------------------
