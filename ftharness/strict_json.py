@@ -25,6 +25,12 @@ def loads(text: str | bytes, max_bytes: int) -> Any:
     """Parse `text`, refusing non-finite numbers, duplicate keys, deep nesting, size."""
     if len(text) > max_bytes:
         raise StrictJsonError(f"{len(text)} bytes, more than the {max_bytes} allowed")
+    if isinstance(text, bytes):
+        # Not json's own detection, which would take a BOM for UTF-16 or -32.
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise StrictJsonError(f"not UTF-8 text ({error.reason})") from None
     if not text.strip():
         raise StrictJsonError("no content")
     try:
@@ -37,8 +43,6 @@ def loads(text: str | bytes, max_bytes: int) -> Any:
         )
     except RecursionError:
         raise StrictJsonError(f"nested deeper than {MAX_DEPTH} levels") from None
-    except UnicodeDecodeError as error:
-        raise StrictJsonError(f"not UTF-8 text ({error.reason})") from None
     except json.JSONDecodeError as error:
         raise StrictJsonError(f"not JSON ({error.msg} at line {error.lineno})") from None
     _check_depth(value)

@@ -36,13 +36,14 @@ class NotRegularFileError(ValueError):
     failure to read it (an I/O error may go away on a retry; this will not).
     """
 
-    def __init__(self, path: str, kind: str) -> None:
-        super().__init__(f"{os.path.basename(path)} is {kind}, not a regular file")
+    def __init__(self, path: str, kind: str, expected: str = "a regular file") -> None:
+        super().__init__(f"{os.path.basename(path)} is {kind}, not {expected}")
         self.path = path
         self.kind = kind
+        self.expected = expected
 
     def __reduce__(self):
-        return (type(self), (self.path, self.kind))
+        return (type(self), (self.path, self.kind, self.expected))
 
 
 class TooLargeError(ValueError):
@@ -67,9 +68,16 @@ def open_regular(directory: Path, name: str) -> BinaryIO:
     """
     if not name or name in (".", "..") or "/" in name or "\0" in name:
         raise ValueError(f"{name!r:.80} is not one path component")
-    directory_fd = _open(str(directory), _DIRECTORY_FLAGS, None, "a symlink")
     try:
-        fd = _open(name, _OPEN_FLAGS, directory_fd, "a symlink", str(directory / name))
+        directory_fd = os.open(directory, _DIRECTORY_FLAGS)
+    except OSError as error:
+        # O_NOFOLLOW | O_DIRECTORY on a symlink: ELOOP or ENOTDIR, by kernel.
+        if error.errno in (errno.ELOOP, errno.ENOTDIR):
+            kind = "a symlink or a file"
+            raise NotRegularFileError(str(directory), kind, "a directory") from None
+        raise
+    try:
+        fd = _open(name, directory_fd, str(directory / name))
     finally:
         os.close(directory_fd)
     try:
@@ -113,15 +121,14 @@ def regular_object_size(info: dict) -> int:
     return size
 
 
-def _open(path: str, flags: int, dir_fd: int | None, what: str, shown: str | None = None) -> int:
+def _open(name: str, directory_fd: int, path: str) -> int:
     try:
-        return os.open(path, flags, dir_fd=dir_fd)
+        return os.open(name, _OPEN_FLAGS, dir_fd=directory_fd)
     except OSError as error:
-        # O_NOFOLLOW on a symlink: ELOOP; O_DIRECTORY on a non-directory: ENOTDIR.
-        if error.errno == errno.ELOOP:
-            raise NotRegularFileError(shown or path, what) from None
-        if error.errno == errno.ENOTDIR:
-            raise NotRegularFileError(shown or path, "not a directory") from None
+        if error.errno == errno.ELOOP:  # O_NOFOLLOW on a symlink
+            raise NotRegularFileError(path, "a symlink") from None
+        if error.errno in (errno.ENXIO, errno.ENODEV):  # a socket, a device without a driver
+            raise NotRegularFileError(path, "a special file") from None
         raise
 
 
