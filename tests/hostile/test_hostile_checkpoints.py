@@ -118,13 +118,18 @@ def check_every_reader(damage: Damage) -> None:
     machine's memory.
     """
     COUNTS[damage.family] += 1
+    isolated(damage.label, every_reader, damage)
+
+
+def isolated(label: str, function, *args) -> None:
+    """Run `function(*args)` in a forked child with bounded memory and time."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: run, report, never return into pytest
         os.close(read_end)
         resource.setrlimit(resource.RLIMIT_AS, (CHILD_MEMORY, CHILD_MEMORY))
         try:
-            every_reader(damage)
+            function(*args)
             report = b""
         except BaseException:
             report = traceback.format_exc().encode()
@@ -139,15 +144,15 @@ def check_every_reader(damage: Damage) -> None:
             if not ready:
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
-                pytest.fail(f"{damage.label}: hung (killed after {4 * DEADLINE_SECONDS} s)")
+                pytest.fail(f"{label}: hung (killed after {4 * DEADLINE_SECONDS} s)")
             chunk = pipe.read(65536)
             if not chunk:
                 break
             report += chunk
     _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, f"{damage.label}: the child died ({status})"
+    assert os.waitstatus_to_exitcode(status) == 0, f"{label}: the child died ({status})"
     if report:
-        pytest.fail(f"{damage.label}:\n{report.decode(errors='replace')}", pytrace=False)
+        pytest.fail(f"{label}:\n{report.decode(errors='replace')}", pytrace=False)
 
 
 def every_reader(damage: Damage) -> None:
@@ -374,6 +379,10 @@ def test_odd_writer_strings(field, value):
 
 
 def test_escape_sequences_in_the_writer_are_shown_escaped(tmp_path):
+    isolated("escapes in the writer", ls_shows_the_writer_escaped, tmp_path)
+
+
+def ls_shows_the_writer_escaped(tmp_path: Path) -> None:
     case = build_case(tmp_path)
     writer_string("host", "evil\x1b[2J\nFAKE LINE\u202e").apply(case)
     code, out, _err = cli("ls", str(case.backup))
@@ -411,6 +420,10 @@ RECORD_VALUES = [
 @given(field=st.sampled_from(RECORD_FIELDS), raw=st.sampled_from(RECORD_VALUES))
 def test_crafted_event_records_are_skipped_with_one_line(field, raw):
     COUNTS["event record"] += 1
+    isolated(f"{field} = {raw[:40]}", status_skips_the_crafted_record, field, raw)
+
+
+def status_skips_the_crafted_record(field: str, raw: str) -> None:
     with tempfile.TemporaryDirectory(prefix="hostile-") as temporary:
         case = build_case(Path(temporary))
         crafted_record(case, field, raw)
@@ -426,6 +439,10 @@ def test_crafted_event_records_are_skipped_with_one_line(field, raw):
 @pytest.mark.parametrize("kind", ["fifo", "symlink to /dev/zero"])
 def test_special_files_among_event_records_are_skipped(tmp_path, kind):
     COUNTS["event record"] += 1
+    isolated(kind, status_skips_the_special_record, tmp_path, kind)
+
+
+def status_skips_the_special_record(tmp_path: Path, kind: str) -> None:
     case = build_case(tmp_path)
     path = case.backup / ".ftharness" / "events" / "special.json"
     os.mkfifo(path) if kind == "fifo" else path.symlink_to("/dev/zero")
@@ -459,6 +476,10 @@ THROUGH_PROCESSES = [
 ]
 
 
+def limit_memory() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (2 * CHILD_MEMORY, 2 * CHILD_MEMORY))
+
+
 @pytest.mark.parametrize("damage", THROUGH_PROCESSES, ids=lambda d: d.label)
 @pytest.mark.parametrize("tier", ["remote file:// into a fresh local dir", "local"])
 def test_supervise_and_its_worker_fall_back(tmp_path, damage, tier):
@@ -481,6 +502,7 @@ def test_supervise_and_its_worker_fall_back(tmp_path, damage, tier):
         timeout=180,
         env=BASE_ENV,
         cwd=tmp_path,
+        preexec_fn=limit_memory,  # a reader of /dev/zero fails instead of eating the machine
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
