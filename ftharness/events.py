@@ -50,6 +50,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
+from ftharness import strict_json
 from ftharness.checkpoint.layout import EVENTS_DIR
 from ftharness.checkpoint.lease import RemoteLease
 from ftharness.checkpoint.local import CheckpointRef, LocalCheckpointStore
@@ -80,6 +81,8 @@ __all__ = [
 # How often a running attempt's record is rewritten when nothing else
 # happens: bounds how late `status` learns that a machine vanished.
 HEARTBEAT_SECONDS = 30.0
+# A record is a few kilobytes; one of megabytes is not ours.
+MAX_RECORD_BYTES = 4 * 1024 * 1024
 
 
 class RecordError(ValueError):
@@ -139,7 +142,7 @@ class AttemptRecord:
     @classmethod
     def from_json(cls, text: str | bytes) -> AttemptRecord:
         try:
-            record = json.loads(text)
+            record = strict_json.loads(text, MAX_RECORD_BYTES)
             if record.get("format") != RECORD_FORMAT:
                 raise ValueError(f"not an {RECORD_FORMAT} record")
             if int(record["format_version"]) > RECORD_FORMAT_VERSION:
@@ -162,7 +165,7 @@ class AttemptRecord:
                 stop=StopRequest(**stop) if stop else None,
                 end=AttemptEnd(**end) if end else None,
             )
-        except (ValueError, KeyError, TypeError, AttributeError) as error:
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as error:
             raise RecordError(str(error)) from None
 
 

@@ -11,6 +11,8 @@ import logging
 import sys
 import time
 
+from ftharness.untrusted import shown
+
 _STANDARD_ATTRIBUTES = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
@@ -46,5 +48,10 @@ def configure_logging(log_format: str = "text", level: str = "INFO") -> None:
 
 
 def print_error(message: str) -> None:
-    """The one way a command reports a failure on stderr: one line, prefixed."""
-    print(f"ftharness: error: {message}", file=sys.stderr, flush=True)
+    """The one way a command reports a failure on stderr: one line, prefixed.
+
+    Escaped, because a message may quote untrusted text (a store's error, a
+    name read from a checkpoint): a newline or an escape sequence in it must
+    not reach the terminal.
+    """
+    print(f"ftharness: error: {shown(message, limit=1000)}", file=sys.stderr, flush=True)

@@ -34,14 +34,22 @@ from ftharness.checkpoint.layout import (
 from ftharness.checkpoint.lock import LOCK_FILE_NAME
 from ftharness.checkpoint.manifest import (
     MANIFEST_NAME,
+    MAX_MANIFEST_BYTES,
     CorruptCheckpointError,
     FileEntry,
     Manifest,
     WriterInfo,
+    check_file_name,
     checkpoint_name,
     step_of,
 )
 from ftharness.checkpoint.retry import LOCAL_READ_SECONDS, read_or_io_error
+from ftharness.checkpoint.safe_read import (
+    NotRegularFileError,
+    TooLargeError,
+    open_regular,
+    read_regular,
+)
 
 log = logging.getLogger("ftharness.checkpoint")
 
@@ -120,11 +128,17 @@ class LocalCheckpointStore:
         """The manifest; CorruptCheckpointError if it is gone or wrong,
         CheckpointIOError if it could not be read (retried a few seconds first)."""
         try:
-            data = _read_local(ref.path / MANIFEST_NAME, f"reading {ref.name}/{MANIFEST_NAME}")
-            text = data.decode()
+            text = read_or_io_error(
+                str(ref.path),
+                f"reading {ref.name}/{MANIFEST_NAME}",
+                lambda: read_regular(ref.path, MANIFEST_NAME, MAX_MANIFEST_BYTES),
+                time.monotonic() + LOCAL_READ_SECONDS,
+            )
+        except (NotRegularFileError, TooLargeError) as error:
+            raise CorruptCheckpointError(str(ref.path), str(error)) from None
         except FileNotFoundError:
             raise CorruptCheckpointError(str(ref.path), "manifest.json is missing") from None
-        except (IsADirectoryError, NotADirectoryError, UnicodeDecodeError) as error:
+        except (IsADirectoryError, NotADirectoryError) as error:
             raise CorruptCheckpointError(str(ref.path), f"manifest unreadable ({error})") from None
         manifest = Manifest.from_json(text, str(ref.path))
         if manifest.step != ref.step:
@@ -186,13 +200,16 @@ class LocalCheckpointStore:
         return None
 
     def file_size(self, ref: CheckpointRef, file_name: str) -> int | None:
+        """None when missing; NotRegularFileError for a symlink, FIFO or device."""
         try:
-            return (ref.path / file_name).stat().st_size
+            with open_regular(ref.path, file_name) as file:
+                return os.fstat(file.fileno()).st_size
         except FileNotFoundError:
             return None
 
     def open_file(self, ref: CheckpointRef, file_name: str) -> BinaryIO:
-        return open(ref.path / file_name, "rb")
+        """FileNotFoundError when missing; NotRegularFileError for a special file."""
+        return open_regular(ref.path, file_name)
 
     # -- writing (caller holds the directory lock) ---------------------------
 
@@ -206,6 +223,8 @@ class LocalCheckpointStore:
         writer: WriterInfo,
     ) -> CheckpointRef:
         """Write `files` and commit them as checkpoint `step`, atomically."""
+        for file_name in files:
+            check_file_name(file_name)  # what readers would refuse is never written
         temporary = self.new_temporary(checkpoint_name(step))
         try:
             entries = {
@@ -340,10 +359,6 @@ def _read_local_entries(directory: Path) -> list[os.DirEntry]:
     )
 
 
-def _read_local(path: Path, what: str) -> bytes:
-    return read_or_io_error(str(path), what, path.read_bytes, time.monotonic() + LOCAL_READ_SECONDS)
-
-
 def _read_verified(path: Path, entry: FileEntry, location: str, keep: bool = True) -> bytearray:
     """Read `path` and check it against `entry`: corrupt if its content is wrong,
     CheckpointIOError if it cannot be read (after retrying a few seconds)."""
@@ -354,6 +369,8 @@ def _read_verified(path: Path, entry: FileEntry, location: str, keep: bool = Tru
             lambda: _read_checked(path, entry, location, keep),
             time.monotonic() + LOCAL_READ_SECONDS,
         )
+    except NotRegularFileError as error:
+        raise CorruptCheckpointError(location, str(error)) from None
     except (FileNotFoundError, NotADirectoryError):
         raise CorruptCheckpointError(location, f"{path.name} is missing") from None
     except IsADirectoryError:
@@ -361,23 +378,30 @@ def _read_verified(path: Path, entry: FileEntry, location: str, keep: bool = Tru
 
 
 def _read_checked(path: Path, entry: FileEntry, location: str, keep: bool) -> bytearray:
-    actual_size = path.stat().st_size
-    if actual_size != entry.size:
-        raise CorruptCheckpointError(
-            location, f"{path.name} has {actual_size} bytes, manifest says {entry.size}"
-        )
+    with open_regular(path.parent, path.name) as file:
+        actual_size = os.fstat(file.fileno()).st_size
+        if actual_size != entry.size:
+            raise CorruptCheckpointError(
+                location, f"{path.name} has {actual_size} bytes, manifest says {entry.size}"
+            )
+        return _read_and_check(file, path, entry, location, keep)
+
+
+def _read_and_check(
+    file: BinaryIO, path: Path, entry: FileEntry, location: str, keep: bool
+) -> bytearray:
+    # Never more than entry.size bytes, whatever the file does meanwhile.
     buffer = bytearray(entry.size if keep else min(entry.size, _READ_CHUNK))
     view = memoryview(buffer)
     crc = 0
-    with open(path, "rb", buffering=0) as file:
-        offset = 0
-        while offset < entry.size:
-            target = view[offset:] if keep else view
-            count = file.readinto(target[: min(len(target), _READ_CHUNK)])
-            if not count:
-                break
-            crc = crc32(target[:count], crc)
-            offset += count
+    offset = 0
+    while offset < entry.size:
+        target = view[offset:] if keep else view
+        count = file.readinto(target[: min(len(target), _READ_CHUNK, entry.size - offset)])
+        if not count:
+            break
+        crc = crc32(target[:count], crc)
+        offset += count
     if crc != entry.crc32:
         raise CorruptCheckpointError(location, f"{path.name} fails its checksum")
     return buffer if keep else bytearray()

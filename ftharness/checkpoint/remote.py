@@ -30,8 +30,14 @@ from ftharness.checkpoint import store as stores
 from ftharness.checkpoint.checksum import crc32
 from ftharness.checkpoint.layout import CHECKPOINT_PREFIX, MANIFEST_NAME
 from ftharness.checkpoint.local import CheckpointRef, LocalCheckpointStore
-from ftharness.checkpoint.manifest import CorruptCheckpointError, Manifest, step_of
+from ftharness.checkpoint.manifest import (
+    MAX_MANIFEST_BYTES,
+    CorruptCheckpointError,
+    Manifest,
+    step_of,
+)
 from ftharness.checkpoint.retry import read_or_io_error, retry_until
+from ftharness.checkpoint.safe_read import NotRegularFileError, TooLargeError, regular_object_size
 from ftharness.redact import redact_url
 
 log = logging.getLogger("ftharness.remote")
@@ -111,20 +117,27 @@ class RemoteCheckpointStore:
         """The manifest; CorruptCheckpointError if it is gone or wrong.
 
         Transient errors are retried (until `deadline`, or `READ_SECONDS`),
-        then raised as CheckpointIOError: never taken for corruption.
+        then raised as CheckpointIOError: never taken for corruption. Never
+        more than MAX_MANIFEST_BYTES are read, and only from a plain object.
         """
         location = self._location(ref)
+        path = posixpath.join(ref.path, MANIFEST_NAME)
+
+        def read() -> bytes:
+            size = regular_object_size(self.fs.info(path))
+            if size > MAX_MANIFEST_BYTES:
+                raise TooLargeError(path, size, MAX_MANIFEST_BYTES)
+            return self.fs.cat_file(path, start=0, end=MAX_MANIFEST_BYTES + 1)
+
         try:
-            data = read_or_io_error(
-                location,
-                f"reading {ref.name}/{MANIFEST_NAME}",
-                lambda: self.fs.cat_file(posixpath.join(ref.path, MANIFEST_NAME)),
-                _read_deadline(deadline),
+            text = read_or_io_error(
+                location, f"reading {ref.name}/{MANIFEST_NAME}", read, _read_deadline(deadline)
             )
-            text = data.decode()
+        except (NotRegularFileError, TooLargeError) as error:
+            raise CorruptCheckpointError(location, str(error)) from None
         except FileNotFoundError:
             raise CorruptCheckpointError(location, "manifest.json is missing") from None
-        except (IsADirectoryError, NotADirectoryError, UnicodeDecodeError) as error:
+        except (IsADirectoryError, NotADirectoryError) as error:
             raise CorruptCheckpointError(location, f"manifest unreadable ({error})") from None
         manifest = Manifest.from_json(text, location)
         if manifest.step != ref.step:
@@ -135,8 +148,9 @@ class RemoteCheckpointStore:
         return f"{self.url.rstrip('/')}/{ref.name}"
 
     def file_size(self, ref: RemoteRef, file_name: str) -> int | None:
+        """None when missing; NotRegularFileError for a symlink or special file."""
         try:
-            return int(self.fs.size(posixpath.join(ref.path, file_name)))
+            return regular_object_size(self.fs.info(posixpath.join(ref.path, file_name)))
         except FileNotFoundError:
             return None
 
@@ -158,11 +172,14 @@ class RemoteCheckpointStore:
                 size, crc = read_or_io_error(
                     self._location(ref),
                     f"reading {ref.name}/{file_name}",
-                    lambda f=file_name: self._checksum(ref, f),
+                    lambda f=file_name, e=entry: self._checksum(ref, f, e.size),
                     _read_deadline(deadline),
                 )
             except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
                 problems.append(f"{file_name} is missing")
+                continue
+            except NotRegularFileError as error:
+                problems.append(str(error))
                 continue
             if size != entry.size:
                 problems.append(f"{file_name} has {size} bytes, manifest says {entry.size}")
@@ -170,10 +187,17 @@ class RemoteCheckpointStore:
                 problems.append(f"{file_name} fails its checksum")
         return problems
 
-    def _checksum(self, ref: RemoteRef, file_name: str) -> tuple[int, int]:
+    def _checksum(self, ref: RemoteRef, file_name: str, expected_size: int) -> tuple[int, int]:
+        """Size and CRC-32 of a plain object, reading at most one byte more than
+        the manifest says (a wrong size is all a longer file needs to show)."""
+        size = self.file_size(ref, file_name)
+        if size is None:
+            raise FileNotFoundError(file_name)
+        if size != expected_size:
+            return size, 0
         crc, size = 0, 0
         with self.open_file(ref, file_name) as file:
-            while chunk := file.read(_CHUNK):
+            while size <= expected_size and (chunk := file.read(_CHUNK)):
                 crc = crc32(chunk, crc)
                 size += len(chunk)
         return size, crc
@@ -238,6 +262,26 @@ class RemoteCheckpointStore:
         older one); CheckpointIOError: the store could not be read (do not).
         """
         manifest = self.read_manifest(ref, deadline)
+        location = self._location(ref)
+        for file_name, entry in manifest.files.items():
+            # Before any byte moves: a FIFO, a device or a symlink on a file://
+            # store would hang or never end the copy; a wrong size is corrupt anyway.
+            object_path = posixpath.join(ref.path, file_name)
+            try:
+                size = read_or_io_error(
+                    location,
+                    f"looking up {ref.name}/{file_name}",
+                    lambda p=object_path: regular_object_size(self.fs.info(p)),
+                    _read_deadline(deadline),
+                )
+            except FileNotFoundError:
+                raise CorruptCheckpointError(location, f"{file_name} is missing") from None
+            except NotRegularFileError as error:
+                raise CorruptCheckpointError(location, str(error)) from None
+            if size != entry.size:
+                raise CorruptCheckpointError(
+                    location, f"{file_name} has {size} bytes, manifest says {entry.size}"
+                )
         temporary = local.new_temporary(ref.name)
         try:
             for file_name in manifest.files:

@@ -21,15 +21,34 @@ from ftharness.checkpoint.lease import LeaseHeldError, RemoteLease
 from ftharness.checkpoint.local import LocalCheckpointStore
 from ftharness.checkpoint.lock import LOCK_FILE_NAME, DirectoryLock, DirectoryLockedError
 from ftharness.checkpoint.remote import RemoteCheckpointStore
+from ftharness.checkpoint.safe_read import (
+    NotRegularFileError,
+    TooLargeError,
+    read_regular,
+    regular_object_size,
+)
 from ftharness.checkpoint.store import CheckpointStore, RefT
 from ftharness.config import is_local_url, local_path
+from ftharness.events import MAX_RECORD_BYTES
 from ftharness.redact import describe_error, redact_url
 
-__all__ = ["BackupError", "BackupReader", "LocalBackup", "RefT", "RemoteBackup", "open_backup"]
+__all__ = [
+    "BackupError",
+    "BackupReader",
+    "BackupUnreachableError",
+    "LocalBackup",
+    "RefT",
+    "RemoteBackup",
+    "open_backup",
+]
 
 
 class BackupError(Exception):
     """The URL names no backup this version can read (a usage error, 64)."""
+
+
+class BackupUnreachableError(BackupError):
+    """The URL names a store that cannot be reached now (73, not a usage error)."""
 
 
 class BackupReader(CheckpointStore[RefT], Protocol[RefT]):
@@ -57,9 +76,11 @@ class LocalBackup(LocalCheckpointStore):
         files = []
         for path in paths:
             try:
-                files.append((path.name, path.read_bytes()))
+                files.append((path.name, read_regular(directory, path.name, MAX_RECORD_BYTES)))
             except FileNotFoundError:
                 continue  # replaced or removed since the listing
+            except (NotRegularFileError, TooLargeError):
+                files.append((path.name, b""))  # never read; reported as a record with no content
         return files
 
     # -- writing, for gc -----------------------------------------------------------
@@ -140,6 +161,10 @@ def open_backup(url: str, storage_options: dict | None = None) -> LocalBackup | 
     if not is_local_url(url):
         try:
             return RemoteBackup(url, storage_options)
+        except OSError as error:  # ftp:// and sftp:// connect at once: a refused connection
+            raise BackupUnreachableError(
+                f"{redact_url(url)} is not readable: {describe_error(error)}"
+            ) from None
         except Exception as error:  # unknown protocol, missing gcsfs/s3fs, bad options
             raise BackupError(f"{redact_url(url)}: {describe_error(error)}") from None
     directory = local_path(url)
@@ -157,9 +182,13 @@ class RemoteBackup(RemoteCheckpointStore):
         files = []
         for path in sorted(self.fs.glob(pattern)):
             try:
-                files.append((posixpath.basename(path), self.fs.cat_file(path)))
+                regular_object_size(self.fs.info(path))
+                content = self.fs.cat_file(path, start=0, end=MAX_RECORD_BYTES + 1)
             except FileNotFoundError:
                 continue
+            except NotRegularFileError:
+                content = b""  # a FIFO or device on a file:// store: never read
+            files.append((posixpath.basename(path), content))
         return files
 
     # -- writing, for gc -----------------------------------------------------------

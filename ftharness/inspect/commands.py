@@ -7,7 +7,9 @@ one parsed and returns its exit code:
     64  usage error: bad arguments, a URL that names no backup, no such
         checkpoint, a missing optional extra (matplotlib for `timeline`)
     66  verify: the checkpoint is damaged, or there is none (CHECKPOINT_DAMAGED)
-    73  a remote backup cannot be read (credentials, endpoint, bucket)
+    73  a backup cannot be read or written: a remote one (credentials, endpoint,
+        bucket, unreachable host), a local one the system refuses (another
+        user's directory, a read-only mount)
     75  gc: another run holds the backup directory's lock (BACKUP_DIR_LOCKED)
 """
 
@@ -23,23 +25,25 @@ from typing import Any
 
 from ftharness import config
 from ftharness.checkpoint.lock import DirectoryLockedError
-from ftharness.checkpoint.manifest import checkpoint_name, step_of
+from ftharness.checkpoint.manifest import MAX_STEP, checkpoint_name, step_of
 from ftharness.events import EVENTS_DIR, AttemptRecord, read_records
 from ftharness.exitcodes import ExitCode
 from ftharness.inspect import gc, report
 from ftharness.inspect.backup import (
     BackupError,
     BackupReader,
+    BackupUnreachableError,
     LocalBackup,
     RefT,
     RemoteBackup,
     open_backup,
 )
-from ftharness.inspect.story import tell
+from ftharness.inspect.story import implausible, tell
 from ftharness.inspect.verify import Verdict, check_sizes, verify_checkpoint
 from ftharness.logs import print_error
 from ftharness.progress import human_bytes
 from ftharness.redact import describe_error, redact_url
+from ftharness.untrusted import shown
 
 NAMES = ("ls", "verify", "status", "timeline", "gc")
 
@@ -122,19 +126,29 @@ def run(args: argparse.Namespace) -> int:
     try:
         backup = open_backup(args.url, storage_options_from_environment())
         return commands[args.subcommand](backup, args)
+    except BackupUnreachableError as error:
+        return _fail(str(error), ExitCode.BACKUP_DIR_UNUSABLE)
     except BackupError as error:
         return _fail(str(error), ExitCode.USAGE_ERROR)
     except _Refused as refusal:
         return _fail(str(refusal), refusal.code)
     except Exception as error:
-        if not isinstance(backup, RemoteBackup):
-            raise
-        # The store's own errors (credentials, endpoint, bucket): one line,
-        # its type and text, never the storage options.
-        return _fail(
-            f"{redact_url(args.url)} is not readable: {describe_error(error)}",
-            ExitCode.BACKUP_DIR_UNUSABLE,
-        )
+        if isinstance(backup, RemoteBackup):
+            # The store's own errors (credentials, endpoint, bucket): one line,
+            # its type and text, never the storage options.
+            return _fail(
+                f"{redact_url(args.url)} is not readable: {describe_error(error)}",
+                ExitCode.BACKUP_DIR_UNUSABLE,
+            )
+        if isinstance(error, OSError):
+            # A local backup the system will not let us read or write: another
+            # user's mode-700 directory, a read-only mount (gc), a full disk.
+            where = f": {error.filename}" if error.filename else ""
+            return _fail(
+                f"{args.url} is not usable: {error.strerror or error}{where}",
+                ExitCode.BACKUP_DIR_UNUSABLE,
+            )
+        raise
 
 
 # -- the commands -------------------------------------------------------------------
@@ -173,7 +187,7 @@ def _verify(backup: BackupReader[Any], args: argparse.Namespace) -> int:
         for verdict in verdicts:
             print(_verdict_line(verdict))
             for problem in verdict.problems:
-                print(f"  {problem}")
+                print(f"  {shown(problem, limit=400)}")
     target = verdicts[0]
     if target.intact:
         return ExitCode.FINISHED
@@ -259,19 +273,28 @@ def _gc(backup: LocalBackup | RemoteBackup, args: argparse.Namespace) -> int:
 
 
 def _records(backup: BackupReader[Any]) -> list[AttemptRecord]:
+    """The run's records that can be told; each one skipped is said on one line."""
     records, problems = read_records(backup.event_files())
+    told = []
+    for record in records:
+        reason = implausible(record)
+        if reason is None:
+            told.append(record)
+        else:
+            problems.append(f"{record.file_name}: skipped an event record ({reason})")
     for problem in problems:
-        print(f"ftharness: warning: {problem}", file=sys.stderr)
-    return records
+        print(f"ftharness: warning: {shown(problem, limit=400)}", file=sys.stderr)
+    return told
 
 
 def _named(refs: list[RefT], text: str, url: str) -> RefT:
-    step = step_of(text) if not text.isdigit() else int(text)
+    # ASCII digits only: "²" is a digit to str.isdigit() but not to int().
+    step = int(text) if text.isascii() and text.isdigit() else step_of(text)
     for ref in refs:
         if ref.step == step:
             return ref
     have = ", ".join(str(ref.step) for ref in refs) or "none"
-    name = checkpoint_name(step) if step is not None else text
+    name = checkpoint_name(step) if step is not None and step <= MAX_STEP else shown(text)
     raise _Refused(f"{url}: no committed checkpoint {name} (steps: {have})")
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from ftharness.inspect.story import AttemptStory, RunStory
 from ftharness.inspect.verify import Verdict
 from ftharness.progress import human_bytes
+from ftharness.untrusted import shown
 
 
 def human_seconds(seconds: float) -> str:
@@ -43,7 +44,8 @@ def _table(header: list[str], rows: list[list[str]], right: set[int]) -> list[st
 
 def check_label(verdict: Verdict) -> str:
     if not verdict.intact:
-        return "DAMAGED: " + "; ".join(verdict.problems)
+        # A problem can quote the manifest (a file name, a parse error): untrusted.
+        return "DAMAGED: " + "; ".join(shown(problem) for problem in verdict.problems)
     return "checksums ok" if verdict.checksums else "sizes ok"
 
 
@@ -64,7 +66,7 @@ def ls_text(verdicts: list[Verdict], now: float) -> str:
                 str(manifest.batch),
                 human_bytes(sum(entry.size for entry in manifest.files.values())),
                 human_seconds(max(0.0, now - manifest.created)),
-                f"{writer.host}/pid {writer.pid}/run {writer.run_id}",
+                f"{shown(writer.host)}/pid {writer.pid}/run {shown(writer.run_id)}",
                 check_label(verdict),
             ]
         )
@@ -121,7 +123,7 @@ def status_text(story: RunStory, url: str, newest: Verdict | None, now: float) -
     first = story.attempts[0].record
     sessions = len(story.sessions)
     lines = [
-        f"run {', '.join(story.run_ids)} in {url}: {story.state} after "
+        f"run {', '.join(shown(r) for r in story.run_ids)} in {shown(url)}: {story.state} after "
         f"{len(story.attempts)} attempt{'s' if len(story.attempts) != 1 else ''} "
         f"({sessions} supervisor session{'s' if sessions != 1 else ''}), "
         f"first launched {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(first.launched_at))}",
@@ -155,7 +157,7 @@ def status_text(story: RunStory, url: str, newest: Verdict | None, now: float) -
             human_seconds(a.duration),
             _steps(a),
             str(len(a.record.checkpoints)),
-            f"{a.outcome}: {a.detail}",
+            f"{a.outcome}: {shown(a.detail)}",
             _lost(a),
         ]
         for a in story.attempts

@@ -124,6 +124,66 @@ class RunStory:
         return list(dict.fromkeys(a.record.run_id for a in self.attempts))
 
 
+# What a record may say; beyond it, the record is not one ftharness wrote.
+_MAX_TIME = 1e11  # Unix seconds: the year 5138 (time.localtime() copes)
+_MAX_COUNT = 2**62
+
+
+def implausible(record: AttemptRecord) -> str | None:
+    """Why `record` cannot be told (a wrong type, a number out of range), or None.
+
+    Records are read back from storage: untrusted. `AttemptRecord.from_json`
+    checks their shape; this checks every value `tell()` computes with, so
+    that a crafted record is skipped with one line instead of ending `status`
+    in an OverflowError.
+    """
+    checks: list[tuple[str, object, str]] = [
+        ("attempt", record.attempt, "count"),
+        ("supervisor_pid", record.supervisor_pid, "count"),
+        ("worker_pid", record.worker_pid, "count"),
+        ("launched_at", record.launched_at, "time"),
+        ("updated_at", record.updated_at, "time"),
+        ("start_step", record.start_step, "count?"),
+        ("run_id", record.run_id, "text"),
+        ("session", record.session, "text"),
+        ("host", record.host, "text"),
+    ]
+    for n, commit in enumerate(record.checkpoints):
+        checks += [
+            (f"checkpoints[{n}].step", commit.step, "count"),
+            (f"checkpoints[{n}].committed_at", commit.committed_at, "time"),
+            (f"checkpoints[{n}].seen_at", commit.seen_at, "time"),
+            (f"checkpoints[{n}].bytes", commit.bytes, "count"),
+        ]
+    if record.stop is not None:
+        checks.append(("stop.requested_at", record.stop.requested_at, "time"))
+        if record.stop.signal not in signal.Signals.__members__:
+            return f"stop.signal is not a signal name: {record.stop.signal!r:.40}"
+    if record.end is not None:
+        end = record.end
+        checks += [
+            ("end.ended_at", end.ended_at, "time"),
+            ("end.outcome", end.outcome, "text"),
+            ("end.exit_code", end.exit_code, "count?"),
+            ("end.exit_signal", end.exit_signal, "text?"),
+            ("end.final_step", end.final_step, "count?"),
+            ("end.stop_seconds", end.stop_seconds, "time?"),
+        ]
+    for name, value, kind in checks:
+        if value is None and kind.endswith("?"):
+            continue
+        kind = kind.rstrip("?")
+        if kind == "text":
+            if not isinstance(value, str) or len(value) > 1024:
+                return f"{name} is not a short string"
+        elif kind == "count":
+            if type(value) is not int or not -_MAX_COUNT <= value <= _MAX_COUNT:
+                return f"{name} is not an integer in range: {value!r:.40}"
+        elif type(value) not in (int, float) or not 0 <= value <= _MAX_TIME:  # time
+            return f"{name} is not a time in range: {value!r:.40}"
+    return None
+
+
 def tell(records: Sequence[AttemptRecord]) -> RunStory:
     """The story of the attempts in `records` (any order)."""
     records = sorted(records, key=lambda r: (r.launched_at, r.session, r.attempt))

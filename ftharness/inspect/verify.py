@@ -11,6 +11,7 @@ import zlib
 from dataclasses import dataclass
 
 from ftharness.checkpoint.manifest import CorruptCheckpointError, Manifest
+from ftharness.checkpoint.safe_read import NotRegularFileError
 from ftharness.checkpoint.store import CheckpointStore as BackupReader
 from ftharness.checkpoint.store import RefT
 from ftharness.progress import Progress
@@ -38,7 +39,11 @@ def check_sizes(reader: BackupReader[RefT], ref: RefT) -> Verdict:
     manifest, problems = _manifest(reader, ref)
     if manifest is not None:
         for file_name, entry in sorted(manifest.files.items()):
-            size = reader.file_size(ref, file_name)
+            try:
+                size = reader.file_size(ref, file_name)
+            except NotRegularFileError as error:
+                problems.append(str(error))
+                continue
             if size is None:
                 problems.append(f"{file_name} is missing")
             elif size != entry.size:
@@ -59,7 +64,10 @@ def verify_checkpoint(reader: BackupReader[RefT], ref: RefT, show_progress: bool
     problems = []
     for file_name, entry in sorted(manifest.files.items()):
         try:
-            crc, size = _checksum(reader, ref, file_name, progress)
+            crc, size = _checksum(reader, ref, file_name, entry.size, progress)
+        except NotRegularFileError as error:  # replaced since the size check
+            problems.append(str(error))
+            continue
         except FileNotFoundError:
             problems.append(f"{file_name} is missing")
             continue
@@ -83,11 +91,12 @@ def _manifest(reader: BackupReader[RefT], ref: RefT) -> tuple[Manifest | None, l
 
 
 def _checksum(
-    reader: BackupReader[RefT], ref: RefT, file_name: str, progress: Progress | None
+    reader: BackupReader[RefT], ref: RefT, file_name: str, expected: int, progress: Progress | None
 ) -> tuple[int, int]:
+    """CRC-32 and size of at most `expected` + 1 bytes: one more says "too long"."""
     crc, size = 0, 0
     with reader.open_file(ref, file_name) as file:
-        while chunk := file.read(_CHUNK):
+        while size <= expected and (chunk := file.read(min(_CHUNK, expected + 1 - size))):
             crc = zlib.crc32(chunk, crc)
             size += len(chunk)
             if progress is not None:
