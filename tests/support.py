@@ -7,7 +7,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -17,6 +18,35 @@ PYTHON = sys.executable
 BASE_ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 for _name in [n for n in BASE_ENV if n.startswith("FTHARNESS_")]:
     del BASE_ENV[_name]
+
+
+@contextmanager
+def as_if_supervised(local_dir: Path) -> Iterator[dict[str, str]]:
+    """The environment a supervisor gives its worker, with the real lock held.
+
+    The worker adopts (and at its end closes) a duplicate of our descriptor:
+    flock belongs to the open file, so the lock stays held by us until we
+    release it, as the supervisor's does. Pass the descriptor on to a child
+    with `pass_fds=(int(env[ENV_LOCK_FD]),)`.
+    """
+    from ftharness.checkpoint.lock import DirectoryLock
+    from ftharness.config import ENV_CHECKPOINT_DIR, ENV_LOCK_FD
+
+    local_dir.mkdir(parents=True, exist_ok=True)
+    lock = DirectoryLock.acquire(local_dir, run_id="test-supervisor", role="supervisor")
+    worker_fd = os.dup(lock.fd)
+    os.set_inheritable(worker_fd, True)
+    try:
+        yield {ENV_CHECKPOINT_DIR: str(local_dir), ENV_LOCK_FD: str(worker_fd)}
+    finally:
+        # The worker may have closed it, and the number been reused since.
+        try:
+            ours = os.path.samestat(os.fstat(worker_fd), os.fstat(lock.fd))
+        except OSError:
+            ours = False
+        if ours:
+            os.close(worker_fd)
+        lock.release()
 
 
 def ftharness_command(*args: str) -> list[str]:

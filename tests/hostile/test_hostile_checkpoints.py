@@ -31,6 +31,7 @@ import time
 import traceback
 from pathlib import Path
 
+import psutil
 import pytest
 from hostile.counts import COUNTS
 from hostile.crafted import (
@@ -127,7 +128,10 @@ def isolated(label: str, function, *args) -> None:
     pid = os.fork()
     if pid == 0:  # the child: run, report, never return into pytest
         os.close(read_end)
-        resource.setrlimit(resource.RLIMIT_AS, (CHILD_MEMORY, CHILD_MEMORY))
+        # On top of what the process already maps: a pytest worker that has
+        # imported TensorFlow maps gigabytes of address space it never uses.
+        limit = psutil.Process().memory_info().vms + CHILD_MEMORY
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         try:
             function(*args)
             report = b""

@@ -12,15 +12,23 @@ train.py under the supervisor itself (and resumes it in its step 3).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
-from support import BASE_ENV, BATCHES_PER_EPOCH, PYTHON, REPO, TOTAL_BATCHES, TRAINING, batch_log
+from support import (
+    BASE_ENV,
+    BATCHES_PER_EPOCH,
+    PYTHON,
+    REPO,
+    TOTAL_BATCHES,
+    TRAINING,
+    as_if_supervised,
+    batch_log,
+)
 
 from ftharness.checkpoint.local import DELETE_ON_SUCCESS_MARKER, LocalCheckpointStore
-from ftharness.config import ENV_CHECKPOINT_DIR, ENV_RUN_ID, ENV_SUPERVISOR_PID
+from ftharness.config import ENV_LOCK_FD, ENV_RUN_ID
 from ftharness.exitcodes import ExitCode
 
 pytestmark = pytest.mark.slow
@@ -38,20 +46,16 @@ RESUMED_AT_END = {
 
 
 def run_example(name: str, local: Path, report: Path) -> subprocess.CompletedProcess:
-    env = {
-        **BASE_ENV,
-        ENV_CHECKPOINT_DIR: str(local),
-        ENV_SUPERVISOR_PID: str(os.getpid()),
-        ENV_RUN_ID: "examples-test",
-    }
-    return subprocess.run(
-        [PYTHON, str(REPO / "examples" / name), *EXAMPLES[name], "--report", str(report)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=300,
-    )
+    with as_if_supervised(local) as supervised:
+        return subprocess.run(
+            [PYTHON, str(REPO / "examples" / name), *EXAMPLES[name], "--report", str(report)],
+            capture_output=True,
+            text=True,
+            env={**BASE_ENV, **supervised, ENV_RUN_ID: "examples-test"},
+            pass_fds=(int(supervised[ENV_LOCK_FD]),),
+            cwd=REPO,
+            timeout=300,
+        )
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))

@@ -8,15 +8,17 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from contextlib import ExitStack
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from support import as_if_supervised
 
 from ftharness.checkpoint.local import DELETE_ON_SUCCESS_MARKER, LocalCheckpointStore
-from ftharness.config import ENV_CHECKPOINT_DIR, ENV_KEEP, ENV_SUPERVISOR_PID
+from ftharness.config import ENV_KEEP
 from ftharness.keras import BackupAndRestore
 
 BATCHES_PER_EPOCH = 3
@@ -28,6 +30,18 @@ Y = np.random.default_rng(1).random((12, 1)).astype("float32")
 def unsupervised(monkeypatch):
     for name in [n for n in os.environ if n.startswith("FTHARNESS_")]:
         monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def as_supervised(monkeypatch):
+    """Call with a directory: the test runs as a supervisor's worker on it."""
+    with ExitStack() as stack:
+
+        def enter(local_dir: Path) -> None:
+            for name, value in stack.enter_context(as_if_supervised(local_dir)).items():
+                monkeypatch.setenv(name, value)
+
+        yield enter
 
 
 def small_model() -> keras.Model:
@@ -85,9 +99,8 @@ def test_no_backup_dir_without_a_supervisor_is_refused_at_construction():
         BackupAndRestore(backup_dir=None)
 
 
-def test_no_backup_dir_under_a_supervisor_is_its_directory(monkeypatch, tmp_path):
-    monkeypatch.setenv(ENV_SUPERVISOR_PID, str(os.getppid()))
-    monkeypatch.setenv(ENV_CHECKPOINT_DIR, str(tmp_path / "local"))
+def test_no_backup_dir_under_a_supervisor_is_its_directory(as_supervised, tmp_path):
+    as_supervised(tmp_path / "local")
     callback = BackupAndRestore(backup_dir=None, delete_checkpoint=False)
     fit(small_model(), [callback], epochs=1)
     assert steps_committed(tmp_path / "local") == [BATCHES_PER_EPOCH]
@@ -244,20 +257,18 @@ def test_delete_checkpoint_false_keeps_everything(tmp_path):
 
 
 def test_under_a_supervisor_a_finished_fit_keeps_its_backup_and_asks_for_deletion(
-    monkeypatch, tmp_path
+    as_supervised, tmp_path
 ):
     local = tmp_path / "local"
-    monkeypatch.setenv(ENV_SUPERVISOR_PID, str(os.getppid()))
-    monkeypatch.setenv(ENV_CHECKPOINT_DIR, str(local))
+    as_supervised(local)
     fit(small_model(), [BackupAndRestore()])
     assert steps_committed(local) == [BATCHES_PER_EPOCH, 2 * BATCHES_PER_EPOCH]
     assert (local / DELETE_ON_SUCCESS_MARKER).is_file()
 
 
-def test_under_a_supervisor_delete_checkpoint_false_asks_for_nothing(monkeypatch, tmp_path):
+def test_under_a_supervisor_delete_checkpoint_false_asks_for_nothing(as_supervised, tmp_path):
     local = tmp_path / "local"
-    monkeypatch.setenv(ENV_SUPERVISOR_PID, str(os.getppid()))
-    monkeypatch.setenv(ENV_CHECKPOINT_DIR, str(local))
+    as_supervised(local)
     fit(small_model(), [BackupAndRestore(delete_checkpoint=False)])
     assert not (local / DELETE_ON_SUCCESS_MARKER).exists()
 
