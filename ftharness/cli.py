@@ -27,7 +27,7 @@ from ftharness.config import (
 )
 from ftharness.exitcodes import DEFAULT_FATAL_EXIT_CODES, ExitCode
 from ftharness.inspect import commands as inspect_commands
-from ftharness.logs import configure_logging, print_error
+from ftharness.logs import LOG_FORMATS, LOG_LEVELS, configure_logging, print_error
 from ftharness.metrics import (
     MetricsUnavailable,
     NullMetrics,
@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
         "text",
         None,
         "events on stderr as text or JSON lines",
-        choices=("text", "json"),
+        choices=LOG_FORMATS,
     )
     option(
         "--log-level",
@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
         "INFO",
         None,
         "least severe event logged",
-        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        choices=LOG_LEVELS,
     )
     option(
         "--metrics-port",
@@ -306,6 +306,8 @@ def run_supervise(args: argparse.Namespace) -> int:
             storage_options=storage_options,
             lease_ttl=args.lease_ttl,
             lease_wait=args.lease_wait,
+            log_format=args.log_format,
+            log_level=args.log_level,
             notices=NoticeConfig(
                 kind=args.preemption_notice,
                 poll_interval=args.notice_poll_interval,

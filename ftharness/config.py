@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ftharness.exitcodes import DEFAULT_FATAL_EXIT_CODES
+from ftharness.logs import LOG_FORMATS, LOG_LEVELS
 from ftharness.notices import NoticeConfig
 
 # Set by the supervisor for the worker; read by ftharness/worker.py unless noted.
@@ -25,6 +26,10 @@ ENV_KEEP = "FTHARNESS_KEEP"  # committed checkpoints to keep
 ENV_LOCK_FD = "FTHARNESS_LOCK_FD"  # inherited descriptor holding the directory lock
 # For the training program itself (not read by ftharness): 1 for the first launch.
 ENV_ATTEMPT = "FTHARNESS_ATTEMPT"
+# The supervisor's own --log-format / --log-level, passed on: one event
+# stream, in one format, from the supervisor and its worker.
+ENV_LOG_FORMAT = "FTHARNESS_LOG_FORMAT"
+ENV_LOG_LEVEL = "FTHARNESS_LOG_LEVEL"
 # TensorFlow's C++ logging, quieter by default in the worker (2: errors only).
 ENV_TF_LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL"
 DEFAULT_TF_LOG_LEVEL = "2"
@@ -170,6 +175,8 @@ class SupervisorConfig:
     storage_options: dict = field(default_factory=dict, repr=False)
     lease_ttl: float = 60.0
     lease_wait: float = 90.0  # how long to wait for another run's lease to expire
+    log_format: str = "text"
+    log_level: str = "INFO"
     # How often the supervisor looks for newly committed checkpoints.
     watch_interval: float = 1.0
 
@@ -220,6 +227,8 @@ class WorkerEnvironment:
     keep: int | None = None
     lock_fd: int | None = None
     attempt: int = 1
+    log_format: str | None = None  # None: text, at INFO
+    log_level: str | None = None
 
     @property
     def supervised(self) -> bool:
@@ -238,6 +247,12 @@ class WorkerEnvironment:
             except ValueError:
                 raise ValueError(f"{name}={value!r} is not a valid int") from None
 
+        def choice(name: str, choices: tuple[str, ...]) -> str | None:
+            value = environ.get(name) or None
+            if value is not None and value not in choices:
+                raise ValueError(f"{name}={value!r} is not one of {', '.join(choices)}")
+            return value
+
         directory = environ.get(ENV_CHECKPOINT_DIR)
         return cls(
             checkpoint_dir=Path(directory) if directory else None,
@@ -245,6 +260,8 @@ class WorkerEnvironment:
             keep=number(ENV_KEEP),
             lock_fd=number(ENV_LOCK_FD),
             attempt=number(ENV_ATTEMPT) or 1,
+            log_format=choice(ENV_LOG_FORMAT, LOG_FORMATS),
+            log_level=choice(ENV_LOG_LEVEL, LOG_LEVELS),
         )
 
     def to_environ(self) -> dict[str, str]:
@@ -254,6 +271,8 @@ class WorkerEnvironment:
             ENV_KEEP: self.keep,
             ENV_LOCK_FD: self.lock_fd,
             ENV_ATTEMPT: self.attempt,
+            ENV_LOG_FORMAT: self.log_format,
+            ENV_LOG_LEVEL: self.log_level,
         }
         return {name: str(value) for name, value in values.items() if value is not None}
 

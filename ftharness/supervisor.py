@@ -211,6 +211,8 @@ class Supervisor:
             keep=self.config.keep,
             lock_fd=self.lock.make_inheritable(),
             attempt=number,
+            log_format=self.config.log_format,
+            log_level=self.config.log_level,
         )
         try:
             pid = spawn_in_new_group(self.config.command, worker_environ(os.environ, worker))

@@ -146,12 +146,14 @@ class WorkerSession:
         `keep`: checkpoints kept (default: the supervisor's `--keep`, else 2),
         raised to `at_least` (Keras's `double_checkpoint` asks for 2).
         """
-        if not logging.getLogger("ftharness").handlers:
-            configure_logging()  # resume points and commits are worth a line on stderr
         try:
             env = WorkerEnvironment.from_environ()
         except ValueError as error:
             raise ConfigurationError(str(error)) from None
+        if not logging.getLogger("ftharness").handlers:
+            # Resume points and commits are worth a line on stderr, in the
+            # supervisor's format (JSON lines under --log-format json).
+            configure_logging(env.log_format or "text", env.log_level or "INFO")
         directory = _resolve_directory(backup_dir, env)
         keep = keep if keep is not None else (env.keep or DEFAULT_KEEP)
         if keep < 1:

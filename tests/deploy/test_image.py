@@ -191,11 +191,7 @@ def test_runs_as_the_kubernetes_job_runs_it(
         # FTHARNESS_LOG_FORMAT=json: every line ftharness logs is one JSON
         # object, so that the cluster's log pipeline can parse them.
         text_lines = [line for line in logs.splitlines() if " ftharness INFO " in line]
-        if text_lines:
-            pytest.xfail(
-                "the worker's ftharness lines ignore FTHARNESS_LOG_FORMAT=json "
-                f"(ftharness/ change pending), e.g. {text_lines[0]!r}"
-            )
+        assert not text_lines, text_lines[:3]
 
 
 def podman_compose() -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import signal
 import time
@@ -197,3 +198,21 @@ def test_orphans_are_reparented_to_the_supervisor_and_reaped(supervise, tmp_path
     facts = json.loads(report.read_text())
     assert facts["new_parent"] == run.process.pid  # we are the subreaper
     assert facts["state"] is None  # reaped, not a zombie
+
+
+def test_the_worker_logs_json_lines_when_the_supervisor_does(supervise, tmp_path):
+    # One event stream for a log pipeline: the worker's own ftharness lines
+    # follow --log-format too (a Kubernetes Job sets FTHARNESS_LOG_FORMAT=json).
+    script = (
+        "import logging; from ftharness.worker import WorkerSession; "
+        "session = WorkerSession.open(None); "
+        "logging.getLogger('ftharness.worker').info('hello from the worker')"
+    )
+    run = supervise(
+        ["--backup-dir", str(tmp_path / "b"), "--log-format", "json", "--", PYTHON, "-c", script]
+    )
+    assert run.wait(60) == ExitCode.FINISHED
+    # Every line is one JSON object, the supervisor's and the worker's.
+    events = [json.loads(line) for line in run.log.splitlines() if line.strip()]
+    worker_events = [event for event in events if event["logger"] == "ftharness.worker"]
+    assert [event["message"] for event in worker_events] == ["hello from the worker"]

@@ -84,6 +84,15 @@ def test_the_worker_environment_round_trips_and_sends_only_what_is_read():
     assert not WorkerEnvironment.from_environ({}).supervised
 
 
+def test_the_worker_logs_in_the_supervisors_format_and_refuses_an_unknown_one():
+    worker = WorkerEnvironment(Path("/c"), lock_fd=7, log_format="json", log_level="DEBUG")
+    environ = worker.to_environ()
+    assert (environ["FTHARNESS_LOG_FORMAT"], environ["FTHARNESS_LOG_LEVEL"]) == ("json", "DEBUG")
+    assert WorkerEnvironment.from_environ(environ) == worker
+    with pytest.raises(ValueError, match="FTHARNESS_LOG_FORMAT='xml'"):
+        WorkerEnvironment.from_environ({"FTHARNESS_LOG_FORMAT": "xml"})
+
+
 def test_the_worker_gets_a_quieter_tensorflow_unless_told_otherwise():
     worker = WorkerEnvironment(Path("/c"), run_id="r1", keep=3, lock_fd=7)
     stale = {"PATH": "/bin", "FTHARNESS_KEEP": "99", "FTHARNESS_ATTEMPT": "9"}
