@@ -2,7 +2,7 @@
 
 The supervisor passes everything the worker needs through environment
 variables, so that any training program, in any framework, can follow the
-protocol by reading them (see the README's "Worker protocol").
+protocol by reading them (docs/supervise.md, "Worker protocol").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The supervisor's exit codes: the one table the README documents.
+"""The supervisor's exit codes: the one table docs/supervise.md documents.
 
 Codes follow the shell where the shell has a meaning for them (126, 127,
 128 + N) and BSD's sysexits.h elsewhere, so that they stay clear of the 1 and

@@ -54,6 +54,7 @@ from typing import NoReturn
 import keras
 import tensorflow as tf
 
+from ftharness import strict_json
 from ftharness.checkpoint.local import CheckpointRef
 from ftharness.keras import rng
 from ftharness.worker import (
@@ -62,6 +63,9 @@ from ftharness.worker import (
     WorkerSession,
     exit_with,
 )
+
+# The loop state (position, RNGs) is a few kilobytes; anything near this is not ours.
+MAX_STATE_BYTES = 16 * 1024 * 1024
 
 log = logging.getLogger("ftharness.tf")
 
@@ -137,12 +141,17 @@ class TrainingCheckpoint:
         Returns 0, touching nothing, when there is no checkpoint. A
         checkpoint of another model ends the process with exit code 65.
         """
-        loaded = self._session.load_latest()
+        try:
+            loaded = self._session.load_latest()
+        except WorkerError as error:
+            self.close()
+            exit_with(error)
         if loaded is None:
             return 0
         location = str(loaded.ref.path)
         try:
-            record = json.loads(loaded.files[STATE_FILE])
+            # Checksummed, but still read back from storage: parsed strictly.
+            record = strict_json.loads(loaded.files[STATE_FILE], MAX_STATE_BYTES)
             if int(record["format_version"]) != STATE_FORMAT_VERSION:
                 raise IncompatibleCheckpointError(
                     f"checkpoint {location} has loop state format {record['format_version']}; "

@@ -4,7 +4,7 @@ A `WorkerSession` finds the checkpoint directory (the supervisor's, or the one
 given when run alone), holds its lock, turns stop signals into a flag that
 the training loop polls at step boundaries, and commits checkpoints with
 retention. Framework integrations (`ftharness.keras`, `ftharness.tf`) build
-on it; any other framework can follow the same protocol (README).
+on it; any other framework can follow the same protocol (docs/supervise.md).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from ftharness.checkpoint.local import (
 )
 from ftharness.checkpoint.lock import DirectoryLock, DirectoryLockedError
 from ftharness.checkpoint.manifest import CheckpointError, WriterInfo
+from ftharness.checkpoint.retry import CheckpointIOError
 from ftharness.config import DEFAULT_KEEP, BackupLocation, WorkerEnvironment
 from ftharness.exitcodes import ExitCode, exit_code_for_signal
 from ftharness.logs import configure_logging, print_error
@@ -187,7 +188,13 @@ class WorkerSession:
         return cls(store, lock, keep, env)
 
     def load_latest(self) -> LoadedCheckpoint | None:
-        return self.store.load_latest()
+        """The newest checkpoint that verifies; BackupDirUnusableError (73) when
+        the directory cannot be read: an I/O error is not a corrupt checkpoint,
+        and nothing is moved aside or skipped for it."""
+        try:
+            return self.store.load_latest()
+        except CheckpointIOError as error:
+            raise BackupDirUnusableError(str(error)) from None
 
     def commit(
         self,

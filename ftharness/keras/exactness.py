@@ -3,7 +3,7 @@
 The promise: a resumed run ends bit-identical to an uninterrupted one, or
 the user is told at start, in one line, what will differ and why. The
 checks here are about the input and how `fit()` was called; what the user
-must do in any case (seeding, op determinism) is in the README.
+must do in any case (seeding, op determinism) is in docs/what-is-restored.md.
 """
 
 from __future__ import annotations
