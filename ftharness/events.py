@@ -323,6 +323,11 @@ class RunRecorder:
         self.record = replace(self.record, end=end)
         self._write()
 
+    def flush(self, timeout: float) -> bool:
+        """Wait until the records are in every place they are mirrored to; False on timeout."""
+        flush = getattr(self.sink, "flush", None)
+        return flush(timeout) if flush is not None else True
+
     def heartbeat(self) -> None:
         running = self.record is not None and self.record.end is None
         if running and time.time() - self._written_at >= HEARTBEAT_SECONDS:

@@ -7,7 +7,10 @@ States (`SupervisorState`), one step method each:
                    turned into Restart or Exit by `policy.decide`, then
     BACKING_OFF -> after a crash, wait before the next attempt (LAUNCHING again)
                    unless a stop signal comes (`_back_off`),
-    FINISHING   -> the last upload, made from this one place, then the exit code.
+    FINISHING   -> the last upload, made from this one place, then the exit code;
+                   or, when the command exited 0 and the worker left the
+                   delete-on-success marker, the backup's removal instead
+                   (locally and remotely, `_remove_backup`).
 
 The grace period is turned into times once, in `policy.StopDeadline`, when the
 stop signal arrives; the worker's kill and the final upload both read it.
@@ -27,6 +30,7 @@ import signal
 import time
 from dataclasses import dataclass
 
+from ftharness.checkpoint.layout import DELETE_ON_SUCCESS_MARKER
 from ftharness.checkpoint.local import LocalCheckpointStore
 from ftharness.checkpoint.lock import DirectoryLock
 from ftharness.checkpoint.replicator import Replicator
@@ -55,11 +59,13 @@ from ftharness.process import (
     signal_group,
     spawn_in_new_group,
 )
-from ftharness.redact import redact_url
+from ftharness.redact import describe_error, redact_url
 
 log = logging.getLogger("ftharness.supervisor")
 
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+# How long the end of a run waits for the event records to reach the remote store.
+RECORDS_FLUSH_SECONDS = 10.0
 
 
 class SupervisorState(str, enum.Enum):
@@ -126,15 +132,13 @@ class Supervisor:
         # Told of every attempt: the run's record beside the checkpoints
         # (`ftharness status`) and the metrics (`upload_finished` for uploads).
         self.metrics = metrics if metrics is not None else NullMetrics()
-        self.observers = ObserverGroup(
-            RunRecorder.beside(
-                config.local_dir,
-                config.run_id,
-                remote=replicator.remote if replicator is not None else None,
-                lease=replicator.lease if replicator is not None else None,
-            ),
-            self.metrics,
+        self.recorder = RunRecorder.beside(
+            config.local_dir,
+            config.run_id,
+            remote=replicator.remote if replicator is not None else None,
+            lease=replicator.lease if replicator is not None else None,
         )
+        self.observers = ObserverGroup(self.recorder, self.metrics)
 
     def run(self) -> RunResult:
         inbox = SignalInbox()
@@ -188,9 +192,17 @@ class Supervisor:
                         exit_code_for_signal(stop_signal), "stopped in backoff", "stopped"
                     )
                     state = SupervisorState.FINISHING
-            else:  # FINISHING: the one place the last upload is made
+            else:  # FINISHING: the one place the end of a run touches storage
                 if upload_by is not None:
-                    self._final_upload(upload_by)
+                    if decision.event == "finished" and self._removal_requested():
+                        self._remove_backup()
+                    else:
+                        self._final_upload(upload_by)
+                    # Before the caller releases the lease: the remote copy
+                    # of the records must tell the run's end. Within the
+                    # deadline: after a preemption, the machine is going away.
+                    left = upload_by.upload_by - time.monotonic()
+                    self.recorder.flush(max(0.0, min(RECORDS_FLUSH_SECONDS, left)))
                     self._log_end(decision, number, result)
                 return RunResult(decision.code, number, decision.reason)
 
@@ -204,6 +216,7 @@ class Supervisor:
     def _launch(self, number: int) -> Attempt | Exit:
         if number > 1:
             self._remove_unfinished_writes()
+        self._remove_stale_marker()
         step_before = self.store.latest_step()
         worker = WorkerEnvironment(
             checkpoint_dir=self.config.local_dir.resolve(),
@@ -372,6 +385,52 @@ class Supervisor:
                 elif arrived == signal.SIGCHLD:
                     reap_children()
         return None
+
+    def _remove_stale_marker(self) -> None:
+        # The marker speaks for the attempt that wrote it: one that crashed
+        # after writing it must not have the backup removed for the next.
+        (self.config.local_dir / DELETE_ON_SUCCESS_MARKER).unlink(missing_ok=True)
+
+    def _removal_requested(self) -> bool:
+        return (self.config.local_dir / DELETE_ON_SUCCESS_MARKER).is_file()
+
+    def _remove_backup(self) -> None:
+        """The job succeeded and asked for it: remove the backup, remote first.
+
+        Remotely, only with the lease (checked before each deletion); if the
+        remote removal fails or the lease is lost, the local backup stays too:
+        the job can be run again and resumes at its end. The event records
+        stay in both places.
+        """
+        remote: list[str] = []
+        if self.replicator is not None:
+            try:
+                remote = self.replicator.remove_backup()
+            except Exception as error:  # lease lost, store errors: remove nothing more
+                log.error(
+                    "the job finished, but its backup in %s could not be removed (%s); "
+                    "it is kept, and so is the local one",
+                    redact_url(self.config.backup_url),
+                    describe_error(error),
+                    extra={"event": "backup_removal_failed"},
+                )
+                return
+        local = self.store.remove_backup()
+        where = str(self.config.local_dir)
+        if self.replicator is not None:
+            where += f" and {self.replicator.remote.url}"
+        log.info(
+            "job finished: backup removed from %s (%d local and %d remote files and "
+            "checkpoints; event records kept)",
+            where,
+            len(local),
+            len(remote),
+            extra={
+                "event": "backup_removed",
+                "local": len(local),
+                "remote": len(remote),
+            },
+        )
 
     def _remove_unfinished_writes(self) -> None:
         # The worker is gone and we hold the lock: a `.tmp-` directory is a

@@ -341,6 +341,30 @@ class RemoteCheckpointStore:
                 removed.append(name)
         return removed
 
+    def remove_backup(self, before_delete: Callable[[], None] | None = None) -> list[str]:
+        """Remove a finished job's checkpoints: every committed one, then torn uploads.
+
+        Each checkpoint goes manifest first (`delete`). `before_delete` runs
+        before every deletion and may raise to stop (the lease check): what
+        was deleted before it raised is gone, nothing more is. Kept: the
+        event records (`ftharness status` tells the finished run's story)
+        and the lease records under `.ftharness/`. The lease records stay on
+        purpose: the holder releases its lease after this by writing one more
+        record, a newer holder may have written one since our last check, and
+        the sequence numbers must never start again from 0 (an old holder's
+        number could then be the newest again). They are a few small files,
+        pruned as the lease is renewed. Returns the names removed.
+        """
+        removed = []
+        for ref in self.list_committed():
+            if before_delete is not None:
+                before_delete()
+            self.delete(ref)
+            self._committed_here.discard(ref.name)
+            removed.append(ref.name)
+        removed += self.remove_torn_uploads(before_delete=before_delete)
+        return removed
+
 
 def create_only(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
     """Write `data` at `path` only if nothing is there; FileExistsError otherwise.

@@ -35,7 +35,15 @@ from ftharness.redact import describe_error
 
 log = logging.getLogger("ftharness.replicator")
 
-__all__ = ["STAGING_PREFIX", "Replicator", "remove_staging", "stage"]
+__all__ = ["STAGING_PREFIX", "Replicator", "UploaderBusyError", "remove_staging", "stage"]
+
+
+class UploaderBusyError(Exception):
+    """The uploader did not stop in time: removing the backup could race an upload."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(f"{url}: the uploader is still uploading; nothing removed")
+        self.url = url
 
 
 class Replicator:
@@ -112,10 +120,32 @@ class Replicator:
         return self._has(target)
 
     def stop(self) -> None:
+        self._stop_uploading()
+        self.keeper.stop()
+
+    def _stop_uploading(self) -> None:
         self._stopping.set()
         self._wake.set()
-        self._thread.join(timeout=30)
-        self.keeper.stop()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+    def remove_backup(self) -> list[str]:
+        """Remove the finished job's checkpoints from the remote store.
+
+        The uploader stops first (no upload may commit behind the removal);
+        the lease keeper goes on renewing until `stop()`. The lease is checked
+        before every deletion: once it is lost, LeaseLostError and nothing
+        more is deleted. Returns the names removed.
+        """
+        self._stop_uploading()
+        if self._thread.is_alive():
+            # Still inside an upload after 30 s: it could commit after the
+            # removal, so remove nothing rather than a part.
+            raise UploaderBusyError(self.remote.url)
+        removed = self.remote.remove_backup(before_delete=self.keeper.check)
+        with self._progress:
+            self.uploaded_step = None
+        return removed
 
     def _has(self, step: int) -> bool:
         return self.uploaded_step is not None and self.uploaded_step >= step
