@@ -7,6 +7,11 @@ Commit protocol (the only place a checkpoint becomes visible):
 A crash before 3 leaves only a `.tmp-` directory, which readers ignore and the
 next writer removes. Deletion runs the other way round: rename away first, so
 a half-deleted checkpoint is never mistaken for a committed one.
+
+A little over 400 lines: the commit, the verified read (bounded, regular
+files only, I/O errors told apart from corruption) and the removal of a
+finished backup each need their order spelled out, and they belong together
+because they must agree on the same names and the same lock.
 """
 
 from __future__ import annotations
