@@ -85,7 +85,9 @@ def retry_until(
             remaining = None if deadline is None else deadline - time.monotonic()
             if attempt == attempts or (remaining is not None and remaining <= delay):
                 raise
-            log.warning("%s failed (%s); retrying in %.1f s", what, describe_error(error), delay)
+            # INFO: a retry that works is routine; one that does not ends in an
+            # error that says so, and an inspection command stays at one line.
+            log.info("%s failed (%s); retrying in %.1f s", what, describe_error(error), delay)
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
     raise AssertionError("unreachable")
