@@ -182,3 +182,19 @@ def wait_for_batches(batches: Path, count: int, timeout: float = 120, what: str 
     """Wait until a worker's batch log (--batch-log) has at least `count` batches."""
     wait_for(lambda: len(batch_log(batches)) >= count, timeout, what or f"{count} trained batches")
     return len(batch_log(batches))
+
+
+def commit_checkpoint(store, step: int, payload: bytes | None = None):
+    """A small committed checkpoint at `step` (arrays.bin, state.json), for storage tests."""
+    from ftharness.checkpoint.manifest import WriterInfo
+
+    return store.commit(
+        step=step,
+        epoch=0,
+        batch=step,
+        writer=WriterInfo("host", 1, "run"),
+        files={
+            "arrays.bin": [payload if payload is not None else b"weights-%d" % step],
+            "state.json": [b"{}"],
+        },
+    )

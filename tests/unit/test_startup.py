@@ -11,24 +11,12 @@ from __future__ import annotations
 import pytest
 from faulty_fs import Fault, FaultyFileSystem, connection_reset
 from fsspec.implementations.local import LocalFileSystem
+from support import commit_checkpoint
 
 from ftharness.checkpoint.local import LocalCheckpointStore
-from ftharness.checkpoint.manifest import WriterInfo
 from ftharness.checkpoint.remote import RemoteCheckpointStore
 from ftharness.checkpoint.retry import CheckpointIOError
 from ftharness.startup import fetch_newest
-
-WRITER = WriterInfo("host", 1, "run")
-
-
-def commit(store: LocalCheckpointStore, step: int):
-    return store.commit(
-        step=step,
-        epoch=0,
-        batch=step,
-        writer=WRITER,
-        files={"arrays.bin": [b"weights-%d" % step], "state.json": [b"{}"]},
-    )
 
 
 def flip_a_byte(path) -> None:
@@ -44,13 +32,13 @@ def remote(tmp_path):
     fs = FaultyFileSystem(LocalFileSystem(auto_mkdir=True))
     store = RemoteCheckpointStore(f"file://{tmp_path / 'remote'}", fs=fs)
     for step in (3, 5):
-        store.upload(source, commit(source, step))
+        store.upload(source, commit_checkpoint(source, step))
     return store
 
 
 def test_a_damaged_local_newest_does_not_hide_the_intact_remote_copy(tmp_path, remote):
     local = LocalCheckpointStore(tmp_path / "local")
-    damaged = commit(local, 5)
+    damaged = commit_checkpoint(local, 5)
     flip_a_byte(damaged.path / "arrays.bin")
     fetch_newest(remote, local)
     loaded = local.load_latest()

@@ -10,26 +10,15 @@ from __future__ import annotations
 import time
 
 import pytest
+from support import commit_checkpoint
 
 from ftharness.checkpoint.layout import EVENTS_DIR
 from ftharness.checkpoint.lease import LeaseKeeper, LeaseLostError, RemoteLease
 from ftharness.checkpoint.local import LocalCheckpointStore
-from ftharness.checkpoint.manifest import WriterInfo
 from ftharness.checkpoint.remote import RemoteCheckpointStore
 from ftharness.checkpoint.replicator import Replicator
 
-WRITER = WriterInfo("host", 1, "run")
 RECORD = "run-session-attempt-0001.json"
-
-
-def commit(store: LocalCheckpointStore, step: int) -> None:
-    store.commit(
-        step=step,
-        epoch=0,
-        batch=step,
-        writer=WRITER,
-        files={"arrays.bin": [b"w" * 100 + bytes([step])], "state.json": [b"{}"]},
-    )
 
 
 @pytest.fixture
@@ -39,7 +28,7 @@ def backup(tmp_path):
     remote = RemoteCheckpointStore(f"file://{root}")
     local = LocalCheckpointStore(tmp_path / "local")
     for step in (1, 2, 3):
-        commit(local, step)
+        commit_checkpoint(local, step, b"w" * 100 + bytes([step]))
         remote.upload(local, local.list_committed()[-1])
     torn = root / "ckpt-000000000004"
     torn.mkdir()

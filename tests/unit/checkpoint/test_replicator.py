@@ -13,27 +13,15 @@ import time
 import pytest
 from faulty_fs import Fault, FaultyFileSystem
 from fsspec.implementations.local import LocalFileSystem
-from support import ftharness_command, wait_for
+from support import commit_checkpoint, ftharness_command, wait_for
 
 from ftharness.checkpoint.lease import LeaseHeldError, RemoteLease
 from ftharness.checkpoint.local import LocalCheckpointStore
-from ftharness.checkpoint.manifest import MANIFEST_NAME, WriterInfo
+from ftharness.checkpoint.manifest import MANIFEST_NAME
 from ftharness.checkpoint.remote import RemoteCheckpointStore
 from ftharness.checkpoint.replicator import Replicator
 from ftharness.config import SupervisorConfig
 from ftharness.startup import prepare_remote
-
-WRITER = WriterInfo("host", 1, "run")
-
-
-def commit(store: LocalCheckpointStore, step: int) -> None:
-    store.commit(
-        step=step,
-        epoch=0,
-        batch=step,
-        writer=WRITER,
-        files={"arrays.bin": [b"w" * 1000 + bytes([step])], "state.json": [b"{}"]},
-    )
 
 
 @pytest.fixture
@@ -42,7 +30,7 @@ def remote_url(tmp_path):
     seed = LocalCheckpointStore(tmp_path / "seed")
     healthy = RemoteCheckpointStore(url)
     for step in (1, 2):  # two intact checkpoints another run left
-        commit(seed, step)
+        commit_checkpoint(seed, step, b"w" * 1000 + bytes([step]))
         healthy.upload(seed, seed.list_committed()[-1])
     return url
 
@@ -53,7 +41,7 @@ def faulty_replicator(tmp_path, url: str, ttl: float, keep: int = 1):
     lease = RemoteLease(fs, remote.root, run_id="first", ttl=ttl)
     lease.acquire()
     local = LocalCheckpointStore(tmp_path / "first")
-    commit(local, 3)
+    commit_checkpoint(local, 3, b"w" * 1000 + bytes([3]))
     return fs, Replicator(local, remote, lease, keep=keep)
 
 
