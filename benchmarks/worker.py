@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import re
 import resource
 import shutil
 import sys
@@ -115,6 +117,22 @@ class TimedKerasBackup(keras.callbacks.BackupAndRestore):
         self.save_seconds.append(time.perf_counter() - started)
 
 
+class CommitLog(logging.Handler):
+    """The checkpoints ftharness committed, from its log: a job's backup is
+    removed when its fit() succeeds (delete_checkpoint=True), so the
+    directory cannot tell afterwards."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.names: list[str] = []
+        logging.getLogger("ftharness.keras").addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        match = re.match(r"checkpoint (ckpt-\d+) committed", record.getMessage())
+        if match:
+            self.names.append(match.group(1))
+
+
 # -- modes -------------------------------------------------------------------
 
 
@@ -167,6 +185,7 @@ def steady(settings: Settings, args) -> dict:
     work = Path(args.work)
     configs = args.configs.split(",")
     segments = []
+    commits = CommitLog()
 
     def callbacks_for(config: str, directory: Path) -> list:
         if config == "none":
@@ -198,6 +217,7 @@ def steady(settings: Settings, args) -> dict:
             directory.mkdir(parents=True)
             os.sync()  # each segment starts with no writeback pending
             cpu_before = _cpu_seconds()
+            committed_before = len(commits.names)
             seconds = fit(model, settings, data, callbacks_for(config, directory))
             segments.append(
                 {
@@ -206,7 +226,8 @@ def steady(settings: Settings, args) -> dict:
                     "seconds": seconds,
                     "cpu_seconds": _cpu_seconds() - cpu_before,
                     "steps": steps,
-                    "checkpoints": len(list(directory.glob("ckpt-*")))
+                    "checkpoints": len(commits.names)
+                    - committed_before
                     + len(list(directory.glob("*.weights.h5"))),
                 }
             )
@@ -236,12 +257,13 @@ def memory(settings: Settings, args) -> dict:
         backup_dir=args.backup_dir, save_freq=5 if args.save else False
     )
     rss_before = psutil.Process().memory_info().rss
+    commits = CommitLog()
     fit(model, settings, data, [callback])
     return {
         "maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "rss_before_fit": rss_before,
         "state_bytes": state_bytes(model),
-        "checkpoints": sorted(p.name for p in Path(args.backup_dir).glob("ckpt-*")),
+        "checkpoints": commits.names,
     }
 
 

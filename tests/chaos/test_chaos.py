@@ -116,6 +116,7 @@ def test_thirty_random_interruptions_end_bit_identical(supervise, tmp_path):
         "PROGRESS_FILE": str(progress_file),
         "CHAOS_PLAN": str(plan),
         "BATCH_SLEEP": "0.01",
+        "KEEP_BACKUP": "1",  # the end checks the remote's newest checkpoint
         # The supervisor serves faulty:// from tests/faulty_fs.py.
         "FAULTY_FS_PLAN": store_faults(seed),
         "PYTHONPATH": os.pathsep.join(

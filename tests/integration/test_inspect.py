@@ -79,7 +79,8 @@ def run(tmp_path_factory) -> Run:
     backup = directory / "b"
     command = [
         *("--backup-dir", str(backup), "--run-id", "demo", "--backoff-initial", "0.1"),
-        *("--", PYTHON, str(WORKERS / "keras_worker.py"), *TRAINING),
+        # --keep-backup: the finished run's checkpoints are what is inspected.
+        *("--", PYTHON, str(WORKERS / "keras_worker.py"), *TRAINING, "--keep-backup"),
     ]
     env = {"EXIT_AT_STEP": str(CRASH_STEP)}  # acts on a supervisor's first attempt only
     first = Supervised(["--metrics-port", "0", *command], directory / "first.log", env=env)

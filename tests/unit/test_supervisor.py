@@ -79,6 +79,8 @@ def test_the_worker_sees_only_the_protocol_variables_it_reads(tmp_path):
         "FTHARNESS_KEEP",
         "FTHARNESS_LOCK_FD",
         "FTHARNESS_ATTEMPT",
+        "FTHARNESS_LOG_FORMAT",
+        "FTHARNESS_LOG_LEVEL",
         "TF_CPP_MIN_LOG_LEVEL",
     }
     assert environ["TF_CPP_MIN_LOG_LEVEL"] == "2"

@@ -469,6 +469,8 @@ def run_keras_case(name: str, backup_dir: str, workdir: Path) -> dict:
                 save_freq=case.save_freq,
                 pickle_callbacks=case.pickle_callbacks,
                 allow_changed_fit_args=os.environ.get("ALLOW_CHANGED_FIT_ARGS") == "1",
+                # A test that inspects the backup after a finished job keeps it.
+                delete_checkpoint=os.environ.get("KEEP_BACKUP") != "1",
             ),
             interrupter,
             *case.callbacks,
