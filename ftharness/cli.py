@@ -17,7 +17,12 @@ from pathlib import Path
 from ftharness.checkpoint.lease import LeaseHeldError
 from ftharness.checkpoint.lock import DirectoryLockedError
 from ftharness.config import (
+    DEFAULT_GROUP_TIMEOUT,
     DEFAULT_KEEP,
+    DEFAULT_PEER_TIMEOUT,
+    ENV_PEER_PORT,
+    ENV_WORKER_COUNT,
+    MIN_GROUP_DURATION,
     BackupLocation,
     RestartPolicyConfig,
     SupervisorConfig,
@@ -26,6 +31,7 @@ from ftharness.config import (
     parse_storage_options,
 )
 from ftharness.exitcodes import DEFAULT_FATAL_EXIT_CODES, ExitCode
+from ftharness.group import GroupConfigError, GroupPlace, place_from_environ
 from ftharness.inspect import commands as inspect_commands
 from ftharness.logs import LOG_FORMATS, LOG_LEVELS, configure_logging, print_error
 from ftharness.metrics import (
@@ -41,7 +47,7 @@ from ftharness.notices import (
     NoticeConfig,
 )
 from ftharness.redact import redact_url
-from ftharness.startup import prepare_local_dir, prepare_remote
+from ftharness.startup import prepare_local_dir, prepare_reader, prepare_remote
 from ftharness.supervisor import Supervisor
 
 log = logging.getLogger("ftharness.cli")
@@ -78,6 +84,14 @@ def _seconds(text: str, *, positive: bool = False) -> float:
 
 SECONDS = _seconds
 POSITIVE_SECONDS = functools.partial(_seconds, positive=True)
+
+
+def _group_seconds(text: str) -> float:
+    """The coordination service's timeouts: TensorFlow takes milliseconds."""
+    try:
+        return parse_duration(text, name="the value", minimum=MIN_GROUP_DURATION)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _one_of(choices: Sequence[str]):
@@ -195,6 +209,33 @@ def build_parser() -> argparse.ArgumentParser:
         "how long to wait for another run's lease to expire before exiting 75",
     )
     option(
+        "--peer-host-pattern",
+        str,
+        None,
+        "PATTERN",
+        "multi-worker: build TF_CONFIG from JOB_COMPLETION_INDEX (Indexed Job, JobSet) with "
+        "this host name of every worker, {index} in it (e.g. train-{index}.train); "
+        "TF_CONFIG, when set, wins",
+    )
+    option("--peer-port", int, None, "PORT", "multi-worker: the port every worker listens on")
+    option("--worker-count", int, None, "N", "multi-worker: how many workers the group has")
+    option(
+        "--peer-timeout",
+        _group_seconds,
+        DEFAULT_PEER_TIMEOUT,
+        "SECONDS",
+        "multi-worker: a peer silent this long is lost (the coordination service's "
+        "heartbeat timeout; bounds how long a lost worker takes to be noticed)",
+    )
+    option(
+        "--group-timeout",
+        _group_seconds,
+        DEFAULT_GROUP_TIMEOUT,
+        "SECONDS",
+        "multi-worker: how long a relaunched worker waits for its peers before it exits "
+        "PEER_LOST (76)",
+    )
+    option(
         "--preemption-notice",
         str,
         "none",
@@ -289,6 +330,17 @@ def run_supervise(args: argparse.Namespace) -> int:
     except ValueError as error:
         return _usage_error(str(error))
     try:
+        group = place_from_environ(
+            os.environ,
+            host_pattern=args.peer_host_pattern,
+            port=args.peer_port,
+            worker_count=args.worker_count,
+        )
+    except GroupConfigError as error:
+        # The variables are the options' own environment forms: name both.
+        flag = {ENV_PEER_PORT: "--peer-port", ENV_WORKER_COUNT: "--worker-count"}.get(error.source)
+        return _usage_error(f"{flag} / {error}" if flag else str(error))
+    try:
         config = SupervisorConfig(
             command=tuple(command),
             backup_url=args.backup_dir,
@@ -308,6 +360,9 @@ def run_supervise(args: argparse.Namespace) -> int:
             lease_wait=args.lease_wait,
             log_format=args.log_format,
             log_level=args.log_level,
+            group=group,
+            peer_timeout=args.peer_timeout,
+            group_timeout=args.group_timeout,
             notices=NoticeConfig(
                 kind=args.preemption_notice,
                 poll_interval=args.notice_poll_interval,
@@ -332,15 +387,21 @@ def run_supervise(args: argparse.Namespace) -> int:
         )
         return ExitCode.BACKUP_DIR_UNUSABLE
     replicator = None
+    reader = None
     metrics: SupervisorMetrics | NullMetrics = NullMetrics()
     try:
         try:
             metrics = start_metrics(args)
         except MetricsUnavailable as error:
             return _usage_error(str(error))
+        if group is not None:
+            _log_place(group, config)
         if config.replicated:
             try:
-                replicator = prepare_remote(config)
+                if config.is_chief:
+                    replicator = prepare_remote(config)
+                else:
+                    reader = prepare_reader(config)
             except LeaseHeldError as error:
                 log.error("%s", error, extra={"event": "leased"})
                 return ExitCode.BACKUP_DIR_LOCKED
@@ -352,13 +413,37 @@ def run_supervise(args: argparse.Namespace) -> int:
                     extra={"event": "backup_dir_unusable"},
                 )
                 return ExitCode.BACKUP_DIR_UNUSABLE
-        result = Supervisor(config, lock, replicator, metrics=metrics).run()
+        result = Supervisor(config, lock, replicator, metrics=metrics, reader=reader).run()
     finally:
         metrics.close()
         if replicator is not None:
             replicator.lease.release()
         lock.release()
     return int(result.exit_code)
+
+
+def _log_place(group: GroupPlace, config: SupervisorConfig) -> None:
+    role = (
+        "the chief: it holds the backup's lease and uploads"
+        if config.is_chief
+        else "not the chief: it only reads the backup"
+    )
+    log.info(
+        "worker %d of %d in the group (%s %d, %s), %s",
+        group.id_in_cluster,
+        group.worker_count,
+        group.task_type,
+        group.task_index,
+        group.address,
+        role,
+        extra={
+            "event": "group_place",
+            "task_type": group.task_type,
+            "task_index": group.task_index,
+            "worker_count": group.worker_count,
+            "chief": config.is_chief,
+        },
+    )
 
 
 def _usage_error(message: str) -> int:

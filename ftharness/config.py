@@ -14,10 +14,14 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ftharness.exitcodes import DEFAULT_FATAL_EXIT_CODES
 from ftharness.logs import LOG_FORMATS, LOG_LEVELS
 from ftharness.notices import NoticeConfig
+
+if TYPE_CHECKING:
+    from ftharness.group import GroupPlace
 
 # Set by the supervisor for the worker; read by ftharness/worker.py unless noted.
 ENV_CHECKPOINT_DIR = "FTHARNESS_CHECKPOINT_DIR"  # local checkpoint directory
@@ -33,6 +37,30 @@ ENV_LOG_LEVEL = "FTHARNESS_LOG_LEVEL"
 # TensorFlow's C++ logging, quieter by default in the worker (2: errors only).
 ENV_TF_LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL"
 DEFAULT_TF_LOG_LEVEL = "2"
+
+# A multi-worker group (ftharness/group.py reads the first five). TensorFlow's
+# own description of the group: the user's, or the one the supervisor built;
+# passed to the worker either way.
+ENV_TF_CONFIG = "TF_CONFIG"
+# Set by the Job controller in every Pod of an Indexed Job (JobSet's Jobs are
+# Indexed Jobs too): the Pod's index, 0 .. completions - 1.
+ENV_JOB_COMPLETION_INDEX = "JOB_COMPLETION_INDEX"
+# The supervisor's --peer-host-pattern, --peer-port, --worker-count: how to
+# build TF_CONFIG from JOB_COMPLETION_INDEX (the options take precedence).
+ENV_PEER_HOST_PATTERN = "FTHARNESS_PEER_HOST_PATTERN"
+ENV_PEER_PORT = "FTHARNESS_PEER_PORT"
+ENV_WORKER_COUNT = "FTHARNESS_WORKER_COUNT"
+# The supervisor's --peer-timeout and --group-timeout, and (the same names)
+# what its worker reads to configure TensorFlow's coordination service: in
+# seconds, a plain decimal number ("10", "2.5").
+ENV_PEER_TIMEOUT = "FTHARNESS_PEER_TIMEOUT"
+ENV_GROUP_TIMEOUT = "FTHARNESS_GROUP_TIMEOUT"
+# The coordination service's heartbeat timeout (TensorFlow's default) and how
+# long a relaunched worker waits for its peers to register.
+DEFAULT_PEER_TIMEOUT = 10.0
+DEFAULT_GROUP_TIMEOUT = 900.0
+# TensorFlow takes both in milliseconds: a shorter timeout is no timeout.
+MIN_GROUP_DURATION = 0.001
 
 # Committed checkpoints kept, when nobody says otherwise (supervisor and worker).
 DEFAULT_KEEP = 2
@@ -87,6 +115,11 @@ def parse_duration(
             f"and <= {MAX_DURATION:g}, got {text!r}"
         )
     return value
+
+
+def format_seconds(value: float) -> str:
+    """A duration as a plain decimal number, to the millisecond: "10", "2.5"."""
+    return f"{value:.3f}".rstrip("0").rstrip(".")
 
 
 def default_local_dir(backup_url: str) -> Path:
@@ -179,6 +212,11 @@ class SupervisorConfig:
     log_level: str = "INFO"
     # How often the supervisor looks for newly committed checkpoints.
     watch_interval: float = 1.0
+    # The worker's place in a multi-worker group (None: it trains alone), and
+    # the two timeouts its worker gives TensorFlow's coordination service.
+    group: GroupPlace | None = None
+    peer_timeout: float = DEFAULT_PEER_TIMEOUT
+    group_timeout: float = DEFAULT_GROUP_TIMEOUT
 
     def __post_init__(self) -> None:
         if not self.command:
@@ -196,6 +234,15 @@ class SupervisorConfig:
             raise ValueError("--grace-margin must be >= 0 and below --grace-period")
         if self.lease_ttl <= 0 or self.lease_wait < 0:
             raise ValueError("--lease-ttl must be > 0 and --lease-wait >= 0")
+        for name, value in (("--peer-timeout", self.peer_timeout),
+                            ("--group-timeout", self.group_timeout)):  # fmt: skip
+            parse_duration(str(value), name=name, minimum=MIN_GROUP_DURATION)
+        if self.group is not None and not self.is_chief and not self.replicated:
+            # Its worker's checkpoints would land in the backup itself.
+            raise ValueError(
+                f"this worker (task {self.group.task_type} {self.group.task_index}) is not the "
+                "group's chief: it needs a --local-dir of its own, apart from --backup-dir"
+            )
 
     @property
     def location(self) -> BackupLocation:
@@ -206,6 +253,16 @@ class SupervisorConfig:
         """True when the backup URL is not the local directory itself."""
         location = self.location
         return not location.is_local or location.local_path.resolve() != self.local_dir.resolve()
+
+    @property
+    def is_chief(self) -> bool:
+        """The writer of the backup URL: the group's chief, or a worker alone."""
+        return self.group is None or self.group.is_chief
+
+    @property
+    def in_group(self) -> bool:
+        """Training with peers: their stops and losses end this worker's attempts too."""
+        return self.group is not None and self.group.is_multi_worker
 
     @property
     def final_checkpoint_budget(self) -> float:
@@ -220,6 +277,8 @@ class WorkerEnvironment:
     Only what a worker uses is sent: the directory, the run id (for the
     lock's record), `keep`, the inherited lock descriptor, and the attempt
     number (for the training program, e.g. to inject a fault only once).
+    In a multi-worker group, also TF_CONFIG and the coordination service's
+    two timeouts (`ftharness.tf.multi_worker_strategy` reads them).
     """
 
     checkpoint_dir: Path | None = None
@@ -229,6 +288,9 @@ class WorkerEnvironment:
     attempt: int = 1
     log_format: str | None = None  # None: text, at INFO
     log_level: str | None = None
+    tf_config: str | None = None  # the group, as TensorFlow reads it
+    peer_timeout: float | None = None  # seconds; None: TensorFlow's default
+    group_timeout: float | None = None
 
     @property
     def supervised(self) -> bool:
@@ -247,6 +309,12 @@ class WorkerEnvironment:
             except ValueError:
                 raise ValueError(f"{name}={value!r} is not a valid int") from None
 
+        def seconds(name: str) -> float | None:
+            value = environ.get(name)
+            if value in (None, ""):
+                return None
+            return parse_duration(value, name=name, minimum=MIN_GROUP_DURATION)
+
         def choice(name: str, choices: tuple[str, ...]) -> str | None:
             value = environ.get(name) or None
             if value is not None and value not in choices:
@@ -262,6 +330,9 @@ class WorkerEnvironment:
             attempt=number(ENV_ATTEMPT) or 1,
             log_format=choice(ENV_LOG_FORMAT, LOG_FORMATS),
             log_level=choice(ENV_LOG_LEVEL, LOG_LEVELS),
+            tf_config=environ.get(ENV_TF_CONFIG) or None,
+            peer_timeout=seconds(ENV_PEER_TIMEOUT),
+            group_timeout=seconds(ENV_GROUP_TIMEOUT),
         )
 
     def to_environ(self) -> dict[str, str]:
@@ -273,8 +344,14 @@ class WorkerEnvironment:
             ENV_ATTEMPT: self.attempt,
             ENV_LOG_FORMAT: self.log_format,
             ENV_LOG_LEVEL: self.log_level,
+            ENV_TF_CONFIG: self.tf_config,
         }
-        return {name: str(value) for name, value in values.items() if value is not None}
+        environ = {name: str(value) for name, value in values.items() if value is not None}
+        for name, value in ((ENV_PEER_TIMEOUT, self.peer_timeout),
+                            (ENV_GROUP_TIMEOUT, self.group_timeout)):  # fmt: skip
+            if value is not None:
+                environ[name] = format_seconds(value)
+        return environ
 
 
 def worker_environ(base: Mapping[str, str], worker: WorkerEnvironment) -> dict[str, str]:
@@ -282,7 +359,10 @@ def worker_environ(base: Mapping[str, str], worker: WorkerEnvironment) -> dict[s
     environ = dict(base)
     environ.setdefault(ENV_TF_LOG_LEVEL, DEFAULT_TF_LOG_LEVEL)
     # A stale protocol variable from an outer run must not leak into this one.
-    for name in (ENV_CHECKPOINT_DIR, ENV_RUN_ID, ENV_KEEP, ENV_LOCK_FD, ENV_ATTEMPT):
+    # (TF_CONFIG stays: when we have no group, there is none, or it is blank.)
+    stale = (ENV_CHECKPOINT_DIR, ENV_RUN_ID, ENV_KEEP, ENV_LOCK_FD, ENV_ATTEMPT,
+             ENV_PEER_TIMEOUT, ENV_GROUP_TIMEOUT)  # fmt: skip
+    for name in stale:
         environ.pop(name, None)
     environ.update(worker.to_environ())
     return environ

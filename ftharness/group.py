@@ -23,15 +23,14 @@ import json
 import string
 from collections.abc import Mapping
 
-ENV_TF_CONFIG = "TF_CONFIG"
-# Set by the Job controller in every Pod of an Indexed Job (JobSet's Jobs are
-# Indexed Jobs too): the Pod's index, 0 .. completions - 1.
-ENV_JOB_COMPLETION_INDEX = "JOB_COMPLETION_INDEX"
-# ftharness's own settings for building TF_CONFIG (the supervisor's options
-# take precedence over these).
-ENV_PEER_HOST_PATTERN = "FTHARNESS_PEER_HOST_PATTERN"
-ENV_PEER_PORT = "FTHARNESS_PEER_PORT"
-ENV_WORKER_COUNT = "FTHARNESS_WORKER_COUNT"
+# The environment's names are defined once, with the others, in config.py.
+from ftharness.config import (
+    ENV_JOB_COMPLETION_INDEX,
+    ENV_PEER_HOST_PATTERN,
+    ENV_PEER_PORT,
+    ENV_TF_CONFIG,
+    ENV_WORKER_COUNT,
+)
 
 # The jobs MultiWorkerMirroredStrategy trains with; "evaluator" stands apart
 # (it is not in the collectives) and parameter servers are another strategy.
@@ -277,6 +276,15 @@ def place_from_environ(
         host_pattern=host_pattern,
         port=_int_setting(port, environ, ENV_PEER_PORT),
     )
+
+
+def worker_tf_config(place: GroupPlace, environ: Mapping[str, str]) -> str:
+    """The TF_CONFIG a worker at `place` gets: the one given, unchanged (it may
+    hold fields ftharness does not read, such as "rpc_layer"), else the built one."""
+    given = environ.get(ENV_TF_CONFIG)
+    if given is not None and given.strip():
+        return given
+    return place.to_tf_config()
 
 
 def _int_setting(value: int | None, environ: Mapping[str, str], name: str) -> int:

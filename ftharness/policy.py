@@ -3,6 +3,12 @@
 A preemption never spends the budget, and neither does a crash after an
 attempt that committed a new checkpoint: the budget bounds crash *loops*,
 attempts that die again and again without progress.
+
+In a multi-worker group, a worker also ends because of its peers: PEER_STOPPED
+(another worker was stopped and this one saved the group's final checkpoint
+with it) is relaunched at once and never counted; PEER_LOST (the group broke
+up) is relaunched after a short pause, not counted as a crash, but bounded by
+a budget of its own: PEER_LOST exits in a row without a new checkpoint.
 """
 
 from __future__ import annotations
@@ -23,11 +29,23 @@ class Outcome(str, enum.Enum):
     FINISHED = "finished"  # exit code 0
     STOPPED = "stopped"  # we asked it to stop (SIGTERM, SIGINT, SIGHUP forwarded)
     FATAL = "fatal"  # an exit code listed as fatal: never retried
+    # In a group only (alone, these codes are crashes like any other):
+    PEER_STOPPED = "peer_stopped"  # exit PEER_STOPPED: a peer was stopped, we saved with it
+    PEER_LOST = "peer_lost"  # exit PEER_LOST: a peer was lost, the group must re-form
     CRASHED = "crashed"  # anything else: non-zero exit, or a signal we did not send
 
 
+# After PEER_LOST: long enough not to spin on a group that cannot form yet,
+# short beside the heartbeat timeout the loss took to be noticed.
+PEER_LOST_DELAY = 1.0
+
+
 def classify(
-    status: ExitStatus, *, stop_requested: bool, fatal_exit_codes: frozenset[int]
+    status: ExitStatus,
+    *,
+    stop_requested: bool,
+    fatal_exit_codes: frozenset[int],
+    in_group: bool = False,
 ) -> Outcome:
     if stop_requested:
         return Outcome.STOPPED
@@ -35,6 +53,10 @@ def classify(
         return Outcome.FINISHED
     if status.signal is None and status.code in fatal_exit_codes:
         return Outcome.FATAL
+    if in_group and status.signal is None and status.code == ExitCode.PEER_STOPPED:
+        return Outcome.PEER_STOPPED
+    if in_group and status.signal is None and status.code == ExitCode.PEER_LOST:
+        return Outcome.PEER_LOST
     return Outcome.CRASHED
 
 
@@ -60,16 +82,38 @@ class RestartBudget:
         self.config = config
         self._rng = rng or random.Random()
         self._crashes_without_progress = 0
+        self._peer_losses_without_progress = 0
 
     def after_crash(self, *, made_progress: bool) -> RestartDecision:
         if made_progress:
             self._crashes_without_progress = 0
+            self._peer_losses_without_progress = 0
         self._crashes_without_progress += 1
         used = self._crashes_without_progress
         left = self.config.max_restarts - used
         if left < 0:
             return RestartDecision(False, 0.0, 0, self.config.max_restarts)
         return RestartDecision(True, self._backoff(used), left, self.config.max_restarts)
+
+    def after_peer_lost(self, *, made_progress: bool) -> RestartDecision:
+        """The group broke up: its own count (the same size), a fixed short delay.
+
+        The crash count is left as it is: the peer's own supervisor counts
+        the crash that broke the group, if it was one.
+        """
+        if made_progress:
+            self._crashes_without_progress = 0
+            self._peer_losses_without_progress = 0
+        self._peer_losses_without_progress += 1
+        left = self.config.max_restarts - self._peer_losses_without_progress
+        if left < 0:
+            return RestartDecision(False, 0.0, 0, self.config.max_restarts)
+        return RestartDecision(True, PEER_LOST_DELAY, left, self.config.max_restarts)
+
+    def after_progress(self) -> None:
+        """An attempt that ended otherwise (PEER_STOPPED) but committed a new checkpoint."""
+        self._crashes_without_progress = 0
+        self._peer_losses_without_progress = 0
 
     def _backoff(self, crash_number: int) -> float:
         base = self.config.backoff_initial * self.config.backoff_multiplier ** (crash_number - 1)
@@ -85,8 +129,10 @@ class RestartBudget:
 @dataclass(frozen=True)
 class Restart:
     delay: float
-    restarts_left: int
-    max_restarts: int
+    # Both None for a relaunch no budget counts (PEER_STOPPED).
+    restarts_left: int | None
+    max_restarts: int | None
+    cause: str = "crash"  # crash, peer_stopped, peer_lost: what the log line says
 
 
 @dataclass(frozen=True)
@@ -102,7 +148,8 @@ def decide(
     stop_signal: int | None,
     crash: RestartDecision | None,
 ) -> Restart | Exit:
-    """Pure: the attempt's outcome (and, for a crash, the budget's verdict) -> what next.
+    """Pure: the attempt's outcome (and, for a crash or a lost peer, the budget's
+    verdict) -> what next.
 
     This is the one place where a worker's end becomes the supervisor's exit code.
     """
@@ -113,6 +160,20 @@ def decide(
     if outcome is Outcome.FATAL:
         return Exit(
             status.code or 1, f"worker exit code {status.code} is fatal; not restarting", "fatal"
+        )
+    if outcome is Outcome.PEER_STOPPED:
+        # Its final checkpoint is saved; it waits in the group's start for the
+        # stopped peer's replacement. No delay, no budget.
+        return Restart(0.0, None, None, "peer_stopped")
+    if outcome is Outcome.PEER_LOST and crash is not None and crash.restart:
+        return Restart(crash.delay, crash.restarts_left, crash.max_restarts, "peer_lost")
+    if outcome is Outcome.PEER_LOST:
+        max_restarts = crash.max_restarts if crash is not None else 0
+        return Exit(
+            ExitCode.GAVE_UP,
+            f"gave up: the group broke up {max_restarts + 1} times in a row "
+            "without a new checkpoint (a peer gone for good?)",
+            "gave_up",
         )
     if crash is None or not crash.restart:
         max_restarts = crash.max_restarts if crash is not None else 0

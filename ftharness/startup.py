@@ -4,6 +4,10 @@ Order matters. The local lock comes first (one supervisor per machine
 directory), then the remote lease (one writer per backup URL), and only then
 anything that writes: cleaning up after crashes, fetching the newest remote
 checkpoint into the local directory.
+
+In a multi-worker group only the chief's supervisor does all that
+(`prepare_remote`); every other one only reads the backup URL
+(`prepare_reader`): no lease, no clean-up, no write of any kind.
 """
 
 from __future__ import annotations
@@ -69,6 +73,24 @@ def prepare_remote(config: SupervisorConfig) -> Replicator:
         lease.release()
         raise
     return Replicator(local, remote, lease, keep=config.keep, keeper=keeper)
+
+
+def prepare_reader(config: SupervisorConfig) -> RemoteCheckpointStore:
+    """A non-chief's view of the backup URL: fetch its newest checkpoint if newer.
+
+    Never writes to the URL (the chief's supervisor is its one writer, under
+    the lease). Raises RemoteStoreUnusable if the store cannot be listed, and
+    a `CheckpointIOError` (an OSError) from the download.
+    """
+    try:
+        remote = RemoteCheckpointStore(config.backup_url, config.storage_options)
+        remote.list_committed()
+    except Exception as error:  # the store's own errors: no credentials in them
+        raise RemoteStoreUnusable(
+            f"{redact_url(config.backup_url)}: {describe_error(error)}"
+        ) from None
+    fetch_newest(remote, LocalCheckpointStore(config.local_dir))
+    return remote
 
 
 def _acquire_waiting(lease: RemoteLease, wait: float) -> None:

@@ -17,6 +17,12 @@ stop signal arrives; the worker's kill and the final upload both read it.
 PREPARING (the directory lock, the remote's lease and start-up fetch) happens
 in `cli.run_supervise` before the Supervisor exists.
 
+In a multi-worker group (docs/supervise.md, "Multi-worker groups") only the
+chief's supervisor has a replicator. Every other one has a `reader` of the
+backup URL instead: it fetches the newest checkpoint before each relaunch,
+and when it is stopped it waits (by the same deadline) until the backup
+holds its worker's final step, uploaded by the chief's supervisor.
+
 Over 400 lines: most of it is the structured log lines (each event with its
 `extra=` facts for JSON logs); the loop and the steps are short.
 """
@@ -33,10 +39,12 @@ from dataclasses import dataclass
 from ftharness.checkpoint.layout import DELETE_ON_SUCCESS_MARKER
 from ftharness.checkpoint.local import LocalCheckpointStore
 from ftharness.checkpoint.lock import DirectoryLock
+from ftharness.checkpoint.remote import RemoteCheckpointStore
 from ftharness.checkpoint.replicator import Replicator
 from ftharness.config import SupervisorConfig, WorkerEnvironment, worker_environ
 from ftharness.events import ObserverGroup, RunRecorder, commits_since, newest_commit
 from ftharness.exitcodes import ExitCode, exit_code_for_signal
+from ftharness.group import worker_tf_config
 from ftharness.metrics import NullMetrics, SupervisorMetrics
 from ftharness.notices import NoticeWatcher, PreemptionNotice
 from ftharness.policy import (
@@ -60,12 +68,15 @@ from ftharness.process import (
     spawn_in_new_group,
 )
 from ftharness.redact import describe_error, redact_url
+from ftharness.startup import fetch_newest
 
 log = logging.getLogger("ftharness.supervisor")
 
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 # How long the end of a run waits for the event records to reach the remote store.
 RECORDS_FLUSH_SECONDS = 10.0
+# How often a stopped non-chief looks whether the chief's upload has arrived.
+CHIEF_UPLOAD_POLL_SECONDS = 0.5
 
 
 class SupervisorState(str, enum.Enum):
@@ -122,10 +133,15 @@ class Supervisor:
         lock: DirectoryLock,
         replicator: Replicator | None = None,
         metrics: SupervisorMetrics | NullMetrics | None = None,
+        reader: RemoteCheckpointStore | None = None,
     ) -> None:
+        """`reader`: a non-chief's read-only view of the backup URL (never with a replicator)."""
+        if replicator is not None and reader is not None:
+            raise ValueError("a supervisor either writes the backup URL or only reads it")
         self.config = config
         self.lock = lock
         self.replicator = replicator
+        self.reader = reader
         self.store = LocalCheckpointStore(config.local_dir)
         self.state = SupervisorState.LAUNCHING
         self._last_seen_step = self.store.latest_step()
@@ -198,6 +214,8 @@ class Supervisor:
                         self._remove_backup()
                     else:
                         self._final_upload(upload_by)
+                    if decision.event == "stopped" and self.reader is not None:
+                        self._await_chief_upload(upload_by)
                     # Before the caller releases the lease: the remote copy
                     # of the records must tell the run's end. Within the
                     # deadline: after a preemption, the machine is going away.
@@ -216,8 +234,10 @@ class Supervisor:
     def _launch(self, number: int) -> Attempt | Exit:
         if number > 1:
             self._remove_unfinished_writes()
+            self._refetch()
         self._remove_stale_marker()
         step_before = self.store.latest_step()
+        group = self.config.group
         worker = WorkerEnvironment(
             checkpoint_dir=self.config.local_dir.resolve(),
             run_id=self.config.run_id,
@@ -226,6 +246,9 @@ class Supervisor:
             attempt=number,
             log_format=self.config.log_format,
             log_level=self.config.log_level,
+            tf_config=worker_tf_config(group, os.environ) if group is not None else None,
+            peer_timeout=self.config.peer_timeout if group is not None else None,
+            group_timeout=self.config.group_timeout if group is not None else None,
         )
         try:
             pid = spawn_in_new_group(self.config.command, worker_environ(os.environ, worker))
@@ -345,6 +368,7 @@ class Supervisor:
             result.status,
             stop_requested=result.stop_signal is not None,
             fatal_exit_codes=self.config.restart.fatal_exit_codes,
+            in_group=self.config.in_group,
         )
         self.observers.attempt_ended(
             result.status,
@@ -353,25 +377,46 @@ class Supervisor:
             result.stop_duration if result.stop_signal is not None else None,
         )
         made_progress = self.store.latest_step() != attempt.step_before
-        crash = (
-            budget.after_crash(made_progress=made_progress) if outcome is Outcome.CRASHED else None
-        )
-        decision = decide(outcome, result.status, result.stop_signal, crash)
+        verdict = None
+        if outcome is Outcome.CRASHED:
+            verdict = budget.after_crash(made_progress=made_progress)
+        elif outcome is Outcome.PEER_LOST:
+            verdict = budget.after_peer_lost(made_progress=made_progress)
+        elif made_progress:
+            budget.after_progress()
+        decision = decide(outcome, result.status, result.stop_signal, verdict)
         if isinstance(decision, Restart):
+            self._log_restart(decision, made_progress)
+        return decision
+
+    def _log_restart(self, decision: Restart, made_progress: bool) -> None:
+        facts = {
+            "event": "restart_scheduled",
+            "cause": decision.cause,
+            "delay": round(decision.delay, 3),
+            "restarts_left": decision.restarts_left,
+            "made_progress": made_progress,
+        }
+        if decision.cause == "peer_stopped":
+            log.info("peer stopped: relaunching at once (not counted as a crash)", extra=facts)
+        elif decision.cause == "peer_lost":
+            log.warning(
+                "peer lost: relaunching in %.1f s to re-form the group (not counted as a "
+                "crash), %d/%d peer losses without a new checkpoint left",
+                decision.delay,
+                decision.restarts_left,
+                decision.max_restarts,
+                extra=facts,
+            )
+        else:
             log.warning(
                 "restarting in %.1f s, %d/%d restarts left%s",
                 decision.delay,
                 decision.restarts_left,
                 decision.max_restarts,
                 " (the attempt made progress: backoff reset)" if made_progress else "",
-                extra={
-                    "event": "restart_scheduled",
-                    "delay": round(decision.delay, 3),
-                    "restarts_left": decision.restarts_left,
-                    "made_progress": made_progress,
-                },
+                extra=facts,
             )
-        return decision
 
     def _back_off(self, seconds: float, inbox: SignalInbox) -> int | None:
         """Wait, but return early with the stop signal if one arrives."""
@@ -431,6 +476,67 @@ class Supervisor:
                 "remote": len(remote),
             },
         )
+
+    def _refetch(self) -> None:
+        """A non-chief fills its directory from the backup again before a relaunch.
+
+        The group restores the newest step every worker has (the backup's); a
+        worker that lacked it exited PEER_LOST to get it here. A failed fetch
+        is not fatal: the worker finds out what it has, and says so.
+        """
+        if self.reader is None:
+            return
+        try:
+            fetch_newest(self.reader, self.store)
+        except Exception as error:  # the store's errors, an I/O error: try the relaunch
+            log.warning(
+                "could not fetch from %s before the relaunch: %s",
+                redact_url(self.config.backup_url),
+                describe_error(error),
+                extra={"event": "fetch_failed"},
+            )
+
+    def _await_chief_upload(self, deadline: StopDeadline) -> None:
+        """Stopped, not the chief: wait until the backup holds our newest step.
+
+        The chief's supervisor uploads the group's final checkpoint; a
+        replacement of this worker, started on another machine with an empty
+        directory, can resume only from there.
+        """
+        step = self.store.latest_step()
+        if step is None:
+            return
+        log.info(
+            "waiting up to %.1f s for the chief to upload step %d to %s",
+            max(0.0, deadline.upload_by - time.monotonic()),
+            step,
+            redact_url(self.config.backup_url),
+            extra={"event": "chief_upload_wait", "step": step},
+        )
+        while True:
+            try:
+                newest = self.reader.latest()
+            except Exception as error:  # a store error: look again until the deadline
+                log.debug("listing %s failed: %s", self.reader.url, describe_error(error))
+                newest = None
+            if newest is not None and newest.step >= step:
+                log.info(
+                    "the backup has step %d (our newest is %d)",
+                    newest.step,
+                    step,
+                    extra={"event": "chief_upload_seen", "step": newest.step},
+                )
+                return
+            left = deadline.upload_by - time.monotonic()
+            if left <= 0:
+                log.warning(
+                    "stop deadline passed before the backup had step %d (it has %s); exiting",
+                    step,
+                    newest.step if newest is not None else "none",
+                    extra={"event": "chief_upload_missed", "step": step},
+                )
+                return
+            time.sleep(min(CHIEF_UPLOAD_POLL_SECONDS, left))
 
     def _remove_unfinished_writes(self) -> None:
         # The worker is gone and we hold the lock: a `.tmp-` directory is a
