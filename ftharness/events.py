@@ -32,7 +32,9 @@ A record, format version 1 (times are Unix seconds, `time.time()`)::
 `stop` and `end` are null until they happen; a record whose `end` is null
 belongs to an attempt still running, or to a supervisor that died with its
 machine (then `updated_at` is the last heartbeat). `outcome` is one of
-`ftharness.policy.Outcome`: finished, stopped, fatal, crashed.
+`ftharness.policy.Outcome`: finished, stopped, fatal, crashed, and in a
+multi-worker group peer_stopped, peer_lost (an older ftharness tells these
+two as crashes).
 """
 
 from __future__ import annotations

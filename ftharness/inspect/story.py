@@ -58,7 +58,7 @@ from ftharness.policy import Outcome
 class AttemptStory:
     number: int  # 1, 2, ... in launch order over every supervisor session
     record: AttemptRecord
-    outcome: str  # finished, preempted, crashed, fatal, unknown
+    outcome: str  # finished, preempted, peer_stopped, peer_lost, crashed, fatal, unknown
     detail: str
     start_step: int | None  # exact: restored from (None: a fresh start)
     end_step: int | None  # exact: newest committed step when it ended
@@ -296,6 +296,12 @@ def _outcome(record: AttemptRecord) -> tuple[str, str]:
         return "finished", "exit code 0"
     if end.outcome == Outcome.FATAL.value:
         return "fatal", f"{how}, not retried"
+    if end.outcome == Outcome.PEER_STOPPED.value:
+        return "peer_stopped", (
+            f"another worker of the group was stopped; final checkpoint at step {end.final_step}"
+        )
+    if end.outcome == Outcome.PEER_LOST.value:
+        return "peer_lost", f"the group lost a worker ({how}); relaunched to re-form it"
     if end.outcome == Outcome.STOPPED.value and record.stop is not None:
         if _clean_stop(record):
             seconds = f" in {end.stop_seconds:.1f} s" if end.stop_seconds is not None else ""
@@ -318,6 +324,8 @@ def _clean_stop(record: AttemptRecord) -> bool:
 
 def _lost_seconds(record: AttemptRecord, outcome: str, startup: float | None) -> float | None:
     if outcome in ("finished", "fatal") or (outcome == "preempted" and _clean_stop(record)):
+        return 0.0
+    if outcome == "peer_stopped":  # it saved the group's final checkpoint
         return 0.0
     commits = _before_stop(record)
     if commits:

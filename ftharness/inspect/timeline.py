@@ -23,6 +23,8 @@ _DPI = 100
 _COLORS = {
     "finished": "#2e7d32",
     "preempted": "#ef6c00",
+    "peer_stopped": "#ffb74d",
+    "peer_lost": "#e57373",
     "crashed": "#c62828",
     "fatal": "#6a1b9a",
     "unknown": "#757575",

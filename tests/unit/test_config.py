@@ -13,10 +13,12 @@ from ftharness.config import (
     RestartPolicyConfig,
     SupervisorConfig,
     WorkerEnvironment,
+    format_seconds,
     parse_duration,
     parse_storage_options,
     worker_environ,
 )
+from ftharness.group import place_from_index
 
 
 def test_backup_locations_are_resolved_once():
@@ -111,3 +113,57 @@ def test_replication_is_needed_only_when_the_backup_is_elsewhere(tmp_path):
     assert not config(f"file://{tmp_path}").replicated
     assert config(str(tmp_path / "other")).replicated
     assert config("s3://bucket/run").replicated
+
+
+# -- a multi-worker group -------------------------------------------------------
+
+
+def test_in_a_group_the_worker_gets_tf_config_and_the_timeouts_in_plain_seconds():
+    tf_config = '{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}}'
+    worker = WorkerEnvironment(
+        Path("/c"), lock_fd=7, tf_config=tf_config, peer_timeout=10.0, group_timeout=2.5
+    )
+    environ = worker.to_environ()
+    assert environ["TF_CONFIG"] == tf_config
+    assert (environ["FTHARNESS_PEER_TIMEOUT"], environ["FTHARNESS_GROUP_TIMEOUT"]) == ("10", "2.5")
+    assert WorkerEnvironment.from_environ(environ) == worker
+    with pytest.raises(ValueError, match="FTHARNESS_PEER_TIMEOUT"):
+        WorkerEnvironment.from_environ({"FTHARNESS_PEER_TIMEOUT": "ten"})
+
+
+def test_seconds_are_written_as_plain_decimals_to_the_millisecond():
+    assert [format_seconds(v) for v in (10.0, 2.5, 900.0, 0.001, 86400.0, 1.23456)] == [
+        "10", "2.5", "900", "0.001", "86400", "1.235",
+    ]  # fmt: skip
+
+
+def test_a_stale_timeout_from_an_outer_run_does_not_reach_a_worker_alone():
+    stale = {"FTHARNESS_PEER_TIMEOUT": "3", "FTHARNESS_GROUP_TIMEOUT": "4"}
+    environ = worker_environ(stale, WorkerEnvironment(Path("/c"), lock_fd=7))
+    assert "FTHARNESS_PEER_TIMEOUT" not in environ
+    assert "FTHARNESS_GROUP_TIMEOUT" not in environ
+
+
+def test_a_non_chief_needs_a_local_directory_apart_from_the_backup(tmp_path):
+    def config(task_index: int, local_dir: Path) -> SupervisorConfig:
+        place = place_from_index(task_index, worker_count=2, host_pattern="w-{index}", port=1)
+        return SupervisorConfig(
+            command=("true",), backup_url=str(tmp_path), local_dir=local_dir, run_id="r",
+            group=place,
+        )  # fmt: skip
+
+    assert config(0, tmp_path).is_chief  # the chief may write the backup directly
+    assert config(1, tmp_path / "local").is_chief is False
+    assert config(1, tmp_path / "local").in_group
+    with pytest.raises(ValueError, match="needs a --local-dir of its own"):
+        config(1, tmp_path)
+
+
+def test_group_timeouts_must_be_at_least_a_millisecond():
+    base = dict(command=("true",), backup_url="b", local_dir=Path("b"), run_id="r")
+    for field in ("peer_timeout", "group_timeout"):
+        for value in (0.0, float("nan"), MAX_DURATION * 2):
+            with pytest.raises(ValueError, match=field.replace("_", "-")):
+                SupervisorConfig(**base, **{field: value})
+    assert SupervisorConfig(**base).peer_timeout == 10.0
+    assert SupervisorConfig(**base).group_timeout == 900.0

@@ -7,12 +7,14 @@ import pickle
 
 import pytest
 
+from ftharness import config, group
 from ftharness.group import (
     GroupConfigError,
     GroupPlace,
     parse_tf_config,
     place_from_environ,
     place_from_index,
+    worker_tf_config,
 )
 
 
@@ -225,3 +227,25 @@ def test_environ_incomplete_settings_name_the_missing_one(environ, source):
     with pytest.raises(GroupConfigError) as caught:
         place_from_environ(environ)
     assert caught.value.source == source
+
+
+def test_the_worker_gets_the_tf_config_it_was_given_unchanged_else_the_built_one():
+    # Fields ftharness does not read (rpc_layer, environment) reach TensorFlow.
+    given = json.dumps(
+        {"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1},
+         "rpc_layer": "grpc"}
+    )  # fmt: skip
+    place = place_from_environ({"TF_CONFIG": given})
+    assert worker_tf_config(place, {"TF_CONFIG": given}) == given
+    built = place_from_index(1, worker_count=2, host_pattern="w-{index}.w", port=2222)
+    assert json.loads(worker_tf_config(built, {"TF_CONFIG": "  "})) == {
+        "cluster": {"worker": ["w-0.w:2222", "w-1.w:2222"]},
+        "task": {"type": "worker", "index": 1},
+    }
+
+
+def test_the_environments_names_are_the_ones_config_defines():
+    assert group.ENV_PEER_HOST_PATTERN is config.ENV_PEER_HOST_PATTERN
+    assert (config.ENV_PEER_PORT, config.ENV_WORKER_COUNT) == (
+        "FTHARNESS_PEER_PORT", "FTHARNESS_WORKER_COUNT",
+    )  # fmt: skip

@@ -9,6 +9,7 @@ from ftharness.exitcodes import ExitCode
 from ftharness.policy import (
     EXIT_RESERVE,
     FINISHED_UPLOAD_BUDGET,
+    PEER_LOST_DELAY,
     Exit,
     Outcome,
     Restart,
@@ -128,3 +129,64 @@ def test_the_stop_deadline_is_computed_from_the_grace_period_once():
     unhurried = StopDeadline.unhurried(100.0)
     assert unhurried.kill_at == float("inf")
     assert unhurried.upload_by == 100.0 + FINISHED_UPLOAD_BUDGET
+
+
+# -- a multi-worker group: a peer's stop or loss is not a crash ---------------
+
+PEER_STOPPED = ExitStatus(code=ExitCode.PEER_STOPPED)
+PEER_LOST = ExitStatus(code=ExitCode.PEER_LOST)
+
+
+def test_peer_exit_codes_are_peer_outcomes_in_a_group_only():
+    def outcome(status, **kwargs):
+        options = {"stop_requested": False, "fatal_exit_codes": FATAL, "in_group": True}
+        return classify(status, **{**options, **kwargs})
+
+    assert outcome(PEER_STOPPED) is Outcome.PEER_STOPPED
+    assert outcome(PEER_LOST) is Outcome.PEER_LOST
+    # Alone, a worker has no peers: 76 and 79 are crashes like any other code.
+    assert outcome(PEER_STOPPED, in_group=False) is Outcome.CRASHED
+    assert outcome(PEER_LOST, in_group=False) is Outcome.CRASHED
+    # A code the user lists as fatal stays fatal; a stop we asked for stays a stop.
+    assert outcome(PEER_LOST, fatal_exit_codes=frozenset({76})) is Outcome.FATAL
+    assert (
+        classify(PEER_STOPPED, stop_requested=True, fatal_exit_codes=FATAL, in_group=True)
+        is Outcome.STOPPED
+    )
+    assert outcome(ExitStatus(signal=9)) is Outcome.CRASHED  # a SIGKILL is a crash
+
+
+def test_a_stopped_peer_relaunches_at_once_and_no_budget_counts_it():
+    assert decide(Outcome.PEER_STOPPED, PEER_STOPPED, None, None) == Restart(
+        0.0, None, None, "peer_stopped"
+    )
+
+
+def test_peer_losses_have_their_own_budget_and_leave_the_crash_budget_alone():
+    budget = RestartBudget(RestartPolicyConfig(max_restarts=2, backoff_initial=0))
+    first, second = (budget.after_peer_lost(made_progress=False) for _ in range(2))
+    assert (first.restart, first.restarts_left, first.delay) == (True, 1, PEER_LOST_DELAY)
+    assert (second.restart, second.restarts_left) == (True, 0)
+    # Two losses later, the crash budget is whole.
+    assert budget.after_crash(made_progress=False).restarts_left == 1
+    assert budget.after_peer_lost(made_progress=False).restart is False
+
+
+def test_progress_renews_the_peer_loss_budget():
+    budget = RestartBudget(RestartPolicyConfig(max_restarts=1, backoff_initial=0))
+    assert budget.after_peer_lost(made_progress=False).restarts_left == 0
+    assert budget.after_peer_lost(made_progress=True).restarts_left == 0
+    budget.after_progress()  # e.g. a PEER_STOPPED attempt that committed
+    assert budget.after_peer_lost(made_progress=False).restart is True
+    assert budget.after_peer_lost(made_progress=False).restart is False
+
+
+def test_a_lost_peer_restarts_after_the_short_delay_or_gives_up_with_its_budget():
+    verdict = RestartDecision(True, PEER_LOST_DELAY, 2, 3)
+    assert decide(Outcome.PEER_LOST, PEER_LOST, None, verdict) == Restart(
+        PEER_LOST_DELAY, 2, 3, "peer_lost"
+    )
+    spent = decide(Outcome.PEER_LOST, PEER_LOST, None, RestartDecision(False, 0.0, 0, 3))
+    assert isinstance(spent, Exit)
+    assert (spent.code, spent.event) == (ExitCode.GAVE_UP, "gave_up")
+    assert "4 times in a row without a new checkpoint" in spent.reason

@@ -168,3 +168,22 @@ def test_without_two_commits_in_one_attempt_there_is_no_pace_nor_goodput():
 def test_no_records_tell_an_empty_story():
     story = tell([])
     assert story.attempts == () and story.state == "empty" and story.goodput is None
+
+
+def test_a_peers_stop_loses_nothing_and_a_lost_peer_loses_the_work_since_the_last_commit():
+    # A multi-worker group: attempt 1 saved the group's final checkpoint (step
+    # 20) when another worker was stopped; attempt 2 lost a peer 5 s after
+    # its last commit (step 30).
+    peer_stopped = record(
+        1, 0, None, [commit(10, 15), commit(20, 25)], ended=25.5,
+        outcome="peer_stopped", exit_code=79,
+    )  # fmt: skip
+    peer_lost = record(2, 26, 20, [commit(30, 41)], ended=46, outcome="peer_lost", exit_code=76)
+    stopped, lost = tell([peer_stopped, peer_lost]).attempts
+    assert (stopped.outcome, lost.outcome) == ("peer_stopped", "peer_lost")
+    assert stopped.detail == (
+        "another worker of the group was stopped; final checkpoint at step 20"
+    )
+    assert lost.detail == "the group lost a worker (exit code 76); relaunched to re-form it"
+    assert (stopped.lost_seconds, stopped.lost_steps) == (0.0, 0)
+    assert (lost.lost_seconds, lost.lost_steps) == (pytest.approx(5.0), 5)
