@@ -175,3 +175,37 @@ def test_a_password_in_the_backup_url_is_never_shown(tmp_path):
         assert result.returncode == ExitCode.BACKUP_DIR_UNUSABLE, result.stderr
         assert "PaSsWoRd42" not in result.stderr + result.stdout
         assert "ftp://user:***@127.0.0.1:1/backups" in result.stderr
+
+
+GROUP = {"JOB_COMPLETION_INDEX": "1", "FTHARNESS_PEER_HOST_PATTERN": "w-{index}.w"}
+GOOD_GROUP = ("--peer-port", "2222", "--worker-count", "2")
+
+
+@pytest.mark.parametrize(
+    "args, env, names",
+    [
+        ((), {"TF_CONFIG": "{not json"}, "TF_CONFIG"),
+        ((), {"TF_CONFIG": '{"cluster": {"worker": ["a:1"]}, "task": {"type": "ps"}}'}, "ps"),
+        ((), {"FTHARNESS_PEER_HOST_PATTERN": "w-{index}.w"}, "JOB_COMPLETION_INDEX"),
+        (("--worker-count", "2"), GROUP, "--peer-port"),
+        (("--peer-port", "2222"), GROUP, "--worker-count"),
+        (("--peer-port", "70000", "--worker-count", "2"), GROUP, "peer port"),
+        (("--peer-port", "2222", "--worker-count", "0"), GROUP, "worker count"),
+        (("--peer-port", "2222", "--worker-count", "1"), GROUP, "out of range"),
+        (("--peer-host-pattern", "w-{i}", *GOOD_GROUP), GROUP, "{index}"),
+        ((), {**GROUP, "FTHARNESS_PEER_PORT": "http", "FTHARNESS_WORKER_COUNT": "2"}, "http"),
+        (("--peer-timeout", "0", *GOOD_GROUP), GROUP, "--peer-timeout"),
+        (("--group-timeout", "nan", *GOOD_GROUP), GROUP, "--group-timeout"),
+        ((*GOOD_GROUP,), {**GROUP, "FTHARNESS_PEER_TIMEOUT": "-1"}, "--peer-timeout"),
+        # Worker 1 is not the chief: with its checkpoints in the backup itself,
+        # it would write to the backup URL.
+        ((*GOOD_GROUP,), GROUP, "--local-dir of its own"),
+    ],
+)
+def test_a_bad_group_description_is_refused_in_one_line(tmp_path, args, env, names):
+    result = run_cli("supervise", "--backup-dir", str(tmp_path / "b"), *args, "--", "true", env=env)
+    assert result.returncode == ExitCode.USAGE_ERROR, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("ftharness: error: ")
+    assert names in result.stderr
+    assert not (tmp_path / "b").exists()  # refused before anything was created
