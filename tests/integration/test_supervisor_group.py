@@ -285,7 +285,7 @@ def test_a_stopped_non_chief_whose_chief_never_uploads_exits_at_the_deadline(tmp
     Chief(tmp_path, f"file://{backup}").upload(10)
     before = listing(backup)
     run = start_non_chief(
-        tmp_path, supervise, f"file://{backup}", "--grace-period", "3", "--grace-margin", "1"
+        tmp_path, supervise, f"file://{backup}", "--grace-period", "8", "--grace-margin", "2"
     )
     run.process.send_signal(signal.SIGTERM)
     assert run.wait(60) == ExitCode.PREEMPTED, run.log
