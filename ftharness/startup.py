@@ -20,14 +20,16 @@ from pathlib import Path
 from ftharness.checkpoint.lease import LeaseHeldError, LeaseKeeper, RemoteLease
 from ftharness.checkpoint.local import LocalCheckpointStore
 from ftharness.checkpoint.lock import DirectoryLock
-from ftharness.checkpoint.manifest import CorruptCheckpointError
+from ftharness.checkpoint.reader import BackupReader, fetch_newest
 from ftharness.checkpoint.remote import RemoteCheckpointStore
 from ftharness.checkpoint.replicator import Replicator
 from ftharness.config import SupervisorConfig
-from ftharness.progress import progress_for
 from ftharness.redact import describe_error, redact_url
 
 log = logging.getLogger("ftharness.startup")
+
+__all__ = ["RemoteStoreUnusable", "fetch_newest", "prepare_local_dir", "prepare_reader",
+           "prepare_remote"]  # fmt: skip
 
 
 class RemoteStoreUnusable(OSError):
@@ -75,7 +77,7 @@ def prepare_remote(config: SupervisorConfig) -> Replicator:
     return Replicator(local, remote, lease, keep=config.keep, keeper=keeper)
 
 
-def prepare_reader(config: SupervisorConfig) -> RemoteCheckpointStore:
+def prepare_reader(config: SupervisorConfig) -> BackupReader:
     """A non-chief's view of the backup URL: fetch its newest checkpoint if newer.
 
     Never writes to the URL (the chief's supervisor is its one writer, under
@@ -89,8 +91,9 @@ def prepare_reader(config: SupervisorConfig) -> RemoteCheckpointStore:
         raise RemoteStoreUnusable(
             f"{redact_url(config.backup_url)}: {describe_error(error)}"
         ) from None
-    fetch_newest(remote, LocalCheckpointStore(config.local_dir))
-    return remote
+    local = LocalCheckpointStore(config.local_dir)
+    fetch_newest(remote, local)
+    return BackupReader(remote, local)
 
 
 def _acquire_waiting(lease: RemoteLease, wait: float) -> None:
@@ -109,34 +112,3 @@ def _acquire_waiting(lease: RemoteLease, wait: float) -> None:
                 extra={"event": "lease_wait"},
             )
             time.sleep(min(5.0, max(0.1, deadline - time.monotonic()), lease.ttl / 4))
-
-
-def fetch_newest(remote: RemoteCheckpointStore, local: LocalCheckpointStore) -> None:
-    """Download the newest remote checkpoint that verifies, if newer than the
-    newest local one that verifies.
-
-    A corrupt local checkpoint is moved aside first (as a restore would), so
-    that it can neither hide an intact remote copy of the same step nor stop
-    the download from committing. An I/O error on either side is raised
-    (`CheckpointIOError`, exit 73): it is not a reason to fall back.
-    """
-    newest_local = local.newest_verified()
-    local_step = newest_local.step if newest_local is not None else None
-    for ref in reversed(remote.list_committed()):
-        if local_step is not None and ref.step <= local_step:
-            log.info("local checkpoint (step %d) is up to date with %s", local_step, remote.url)
-            return
-        started = time.monotonic()
-        try:
-            remote.download(ref, local, callback=progress_for(f"fetch {ref.name}"))
-        except CorruptCheckpointError as error:
-            log.warning("%s; trying the previous one", error, extra={"event": "remote_corrupt"})
-            continue
-        log.info(
-            "fetched %s from %s in %.1f s",
-            ref.name,
-            remote.url,
-            time.monotonic() - started,
-            extra={"event": "fetched", "step": ref.step},
-        )
-        return

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from ftharness.checkpoint.layout import DELETE_ON_SUCCESS_MARKER
 from ftharness.checkpoint.local import LocalCheckpointStore
 from ftharness.checkpoint.lock import DirectoryLock
-from ftharness.checkpoint.remote import RemoteCheckpointStore
+from ftharness.checkpoint.reader import BackupReader
 from ftharness.checkpoint.replicator import Replicator
 from ftharness.config import SupervisorConfig, WorkerEnvironment, worker_environ
 from ftharness.events import ObserverGroup, RunRecorder, commits_since, newest_commit
@@ -68,15 +68,12 @@ from ftharness.process import (
     spawn_in_new_group,
 )
 from ftharness.redact import describe_error, redact_url
-from ftharness.startup import fetch_newest
 
 log = logging.getLogger("ftharness.supervisor")
 
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 # How long the end of a run waits for the event records to reach the remote store.
 RECORDS_FLUSH_SECONDS = 10.0
-# How often a stopped non-chief looks whether the chief's upload has arrived.
-CHIEF_UPLOAD_POLL_SECONDS = 0.5
 
 
 class SupervisorState(str, enum.Enum):
@@ -133,7 +130,7 @@ class Supervisor:
         lock: DirectoryLock,
         replicator: Replicator | None = None,
         metrics: SupervisorMetrics | NullMetrics | None = None,
-        reader: RemoteCheckpointStore | None = None,
+        reader: BackupReader | None = None,
     ) -> None:
         """`reader`: a non-chief's read-only view of the backup URL (never with a replicator)."""
         if replicator is not None and reader is not None:
@@ -234,7 +231,10 @@ class Supervisor:
     def _launch(self, number: int) -> Attempt | Exit:
         if number > 1:
             self._remove_unfinished_writes()
-            self._refetch()
+            if self.reader is not None:
+                # The group restores the newest step every worker has: the
+                # backup's, perhaps uploaded since the last launch.
+                self.reader.fetch()
         self._remove_stale_marker()
         step_before = self.store.latest_step()
         group = self.config.group
@@ -477,66 +477,11 @@ class Supervisor:
             },
         )
 
-    def _refetch(self) -> None:
-        """A non-chief fills its directory from the backup again before a relaunch.
-
-        The group restores the newest step every worker has (the backup's); a
-        worker that lacked it exited PEER_LOST to get it here. A failed fetch
-        is not fatal: the worker finds out what it has, and says so.
-        """
-        if self.reader is None:
-            return
-        try:
-            fetch_newest(self.reader, self.store)
-        except Exception as error:  # the store's errors, an I/O error: try the relaunch
-            log.warning(
-                "could not fetch from %s before the relaunch: %s",
-                redact_url(self.config.backup_url),
-                describe_error(error),
-                extra={"event": "fetch_failed"},
-            )
-
     def _await_chief_upload(self, deadline: StopDeadline) -> None:
-        """Stopped, not the chief: wait until the backup holds our newest step.
-
-        The chief's supervisor uploads the group's final checkpoint; a
-        replacement of this worker, started on another machine with an empty
-        directory, can resume only from there.
-        """
+        """Stopped, not the chief: wait until the backup holds our newest step."""
         step = self.store.latest_step()
-        if step is None:
-            return
-        log.info(
-            "waiting up to %.1f s for the chief to upload step %d to %s",
-            max(0.0, deadline.upload_by - time.monotonic()),
-            step,
-            redact_url(self.config.backup_url),
-            extra={"event": "chief_upload_wait", "step": step},
-        )
-        while True:
-            try:
-                newest = self.reader.latest()
-            except Exception as error:  # a store error: look again until the deadline
-                log.debug("listing %s failed: %s", self.reader.url, describe_error(error))
-                newest = None
-            if newest is not None and newest.step >= step:
-                log.info(
-                    "the backup has step %d (our newest is %d)",
-                    newest.step,
-                    step,
-                    extra={"event": "chief_upload_seen", "step": newest.step},
-                )
-                return
-            left = deadline.upload_by - time.monotonic()
-            if left <= 0:
-                log.warning(
-                    "stop deadline passed before the backup had step %d (it has %s); exiting",
-                    step,
-                    newest.step if newest is not None else "none",
-                    extra={"event": "chief_upload_missed", "step": step},
-                )
-                return
-            time.sleep(min(CHIEF_UPLOAD_POLL_SECONDS, left))
+        if step is not None:
+            self.reader.wait_for_step(step, until=deadline.upload_by)
 
     def _remove_unfinished_writes(self) -> None:
         # The worker is gone and we hold the lock: a `.tmp-` directory is a
