@@ -118,7 +118,7 @@ def weights_digest(model: keras.Model, optimizer: keras.optimizers.Optimizer) ->
     return digest.hexdigest()
 
 
-def train(backup_dir: str | None, steps: int, save_freq: int) -> dict:
+def train(backup_dir: str | None, steps: int, save_freq: int, step_sleep: float = 0.0) -> dict:
     """Train the group to `steps`, resuming where it stopped; returns this worker's report."""
     keras.utils.set_random_seed(0)
     tf.config.experimental.enable_op_determinism()
@@ -141,6 +141,7 @@ def train(backup_dir: str | None, steps: int, save_freq: int) -> dict:
         while step < steps:
             loss = train_step(iterator)
             step += 1
+            time.sleep(step_sleep)  # only to give a demonstration time to stop it
             # Saves at the same step on every worker; on a stop, all workers
             # save one final checkpoint at the same step and exit.
             checkpoint.step_end(step)
@@ -169,7 +170,7 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def launch_local_group(workers: int, run_dir: Path, steps: int, save_freq: int) -> int:
+def launch_local_group(workers: int, run_dir: Path, worker_args: list[str]) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     cluster = [f"127.0.0.1:{port}" for port in free_ports(workers)]
     backup = (run_dir / "backups").resolve().as_uri()
@@ -183,7 +184,8 @@ def launch_local_group(workers: int, run_dir: Path, steps: int, save_freq: int) 
             *("--backup-dir", backup, "--local-dir", str(run_dir / f"worker-{index}")),
             "--",
             *(sys.executable, os.path.abspath(__file__)),
-            *("--steps", str(steps), "--save-freq", str(save_freq), "--report", str(report)),
+            *worker_args,
+            *("--report", str(report)),
         ]
         log = open(run_dir / f"worker-{index}.log", "ab")  # noqa: SIM115 (closed below)
         process = subprocess.Popen(
@@ -198,9 +200,13 @@ def launch_local_group(workers: int, run_dir: Path, steps: int, save_freq: int) 
         supervisors.append((index, process, log))
         print(f"worker {index}: supervisor pid {process.pid}, log {log.name}", flush=True)
 
+    stopped: set[int] = set()
+
     def stop_group(*_ignored) -> None:
-        for _, process, _ in supervisors:
-            if process.poll() is None:
+        # One SIGTERM each: a second one must not cut short a final checkpoint.
+        for index, process, _ in supervisors:
+            if index not in stopped and process.poll() is None:
+                stopped.add(index)
                 process.terminate()
 
     signal.signal(signal.SIGTERM, stop_group)
@@ -212,7 +218,11 @@ def launch_local_group(workers: int, run_dir: Path, steps: int, save_freq: int) 
         if any(process.poll() for _, process, _ in supervisors):
             stop_group()
         time.sleep(0.5)
-    codes = {index: process.returncode for index, process, _ in supervisors}
+    # A supervisor killed by a signal: 128 + N, as a shell reports it.
+    codes = {
+        index: process.returncode if process.returncode >= 0 else 128 - process.returncode
+        for index, process, _ in supervisors
+    }
     for _, _, log in supervisors:
         log.close()
     if any(codes.values()):
@@ -233,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backup-dir", help="checkpoint directory when run without the supervisor")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--save-freq", type=int, default=10)
+    parser.add_argument("--step-sleep", type=float, default=0.0, help="seconds to sleep per step")
     parser.add_argument("--report", help="write this worker's final digest here as JSON")
     parser.add_argument(
         "--local-group",
@@ -250,8 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.local_group is not None:
         if args.local_group < 1:
             parser.error("--local-group must be at least 1")
-        return launch_local_group(args.local_group, args.run_dir, args.steps, args.save_freq)
-    report = train(args.backup_dir, args.steps, args.save_freq)
+        worker_args = ["--steps", str(args.steps), "--save-freq", str(args.save_freq)]
+        worker_args += ["--step-sleep", str(args.step_sleep)]
+        return launch_local_group(args.local_group, args.run_dir, worker_args)
+    report = train(args.backup_dir, args.steps, args.save_freq, args.step_sleep)
     print(json.dumps(report), flush=True)
     if args.report:
         Path(args.report).write_text(json.dumps(report))
