@@ -193,6 +193,25 @@ def test_jobset_job_template_and_other_documents_are_valid_kubernetes() -> None:
     assert not errors, "\n".join(errors)
 
 
+def test_pod_failure_policies_keep_the_api_servers_rules() -> None:
+    # Checked by the API server (pkg/apis/batch/validation), not by the schema:
+    # exit code values unique, ordered and never 0 with In; podFailurePolicy
+    # needs restartPolicy Never and podReplacementPolicy Failed (its default).
+    _, workers = jobset_workers()
+    for job_spec in (indexed_job()["spec"], workers["template"]["spec"]):
+        rules = job_spec["podFailurePolicy"]["rules"]
+        assert len(rules) <= 20
+        for rule in rules:
+            if "onExitCodes" in rule:
+                values = rule["onExitCodes"]["values"]
+                assert values == sorted(set(values)) and 0 not in values, values
+                assert rule["onExitCodes"]["containerName"] == "trainer"
+            else:
+                assert rule["onPodConditions"] == [{"type": "DisruptionTarget", "status": "True"}]
+        assert job_spec["template"]["spec"]["restartPolicy"] == "Never"
+        assert job_spec.get("podReplacementPolicy", "Failed") == "Failed"
+
+
 # --- names, counts and settings ---------------------------------------------
 
 
