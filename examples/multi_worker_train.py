@@ -120,11 +120,12 @@ def weights_digest(model: keras.Model, optimizer: keras.optimizers.Optimizer) ->
 
 def train(backup_dir: str | None, steps: int, save_freq: int, step_sleep: float = 0.0) -> dict:
     """Train the group to `steps`, resuming where it stopped; returns this worker's report."""
+    # First: it configures TensorFlow's coordination service (TF_CONFIG, set
+    # by the user or built by the supervisor, and the peer and group timeouts
+    # the supervisor passes), which must happen before TensorFlow starts.
+    strategy = ftharness.tf.multi_worker_strategy()
     keras.utils.set_random_seed(0)
     tf.config.experimental.enable_op_determinism()
-    # Reads TF_CONFIG (set by the user, or built by the supervisor), and the
-    # peer and group timeouts the supervisor passes, before TensorFlow starts.
-    strategy = ftharness.tf.multi_worker_strategy()
     with strategy.scope():
         model, optimizer = build_model()
     train_step = make_train_step(strategy, model, optimizer)
