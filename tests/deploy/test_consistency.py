@@ -35,8 +35,17 @@ def duration_seconds(text: str) -> int:
     return 60 * minutes + seconds
 
 
-def kubernetes(overlay: str) -> tuple[int, dict[str, str]]:
-    (job,) = [d for d in render(REPO / "k8s" / "overlays" / overlay) if d["kind"] == "Job"]
+def kubernetes(directory: str) -> tuple[int, dict[str, str]]:
+    """The Pod of the Job (or of a JobSet's one replicated Job) under k8s/`directory`."""
+    documents = render(REPO / "k8s" / directory)
+    jobs = [d for d in documents if d["kind"] == "Job"]
+    jobs += [
+        replicated["template"]
+        for d in documents
+        if d["kind"] == "JobSet"
+        for replicated in d["spec"]["replicatedJobs"]
+    ]
+    (job,) = jobs
     pod = job["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     env = {item["name"]: item["value"] for item in container["env"] if "value" in item}
@@ -64,8 +73,10 @@ def compose() -> tuple[int, dict[str, str]]:
 def platforms(tmp_path: Path) -> dict[str, tuple[int, dict[str, str]]]:
     """platform -> (seconds from SIGTERM to SIGKILL, FTHARNESS_* it sets)."""
     return {
-        "k8s restart-on-failure": kubernetes("restart-on-failure"),
-        "k8s pod-failure-policy": kubernetes("pod-failure-policy"),
+        "k8s restart-on-failure": kubernetes("overlays/restart-on-failure"),
+        "k8s pod-failure-policy": kubernetes("overlays/pod-failure-policy"),
+        "k8s multi-worker indexed-job": kubernetes("multi-worker/indexed-job"),
+        "k8s multi-worker jobset": kubernetes("multi-worker/jobset"),
         "gce": script("gce-startup-script.sh", tmp_path / "gce"),
         "aws": script("aws-user-data.sh", tmp_path / "aws"),
         "compose": compose(),

@@ -15,27 +15,18 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from kubernetes_validate.utils import all_versions, major_minor
-from packaging.version import Version
 
 from ftharness.exitcodes import ExitCode
 
 from .dockerfile import instructions
-from .kustomize import identity, render
+from .k8s_schema import VERSIONS, kubernetes_errors
+from .kustomize import render
 
 REPO = Path(__file__).resolve().parents[2]
 OVERLAYS = {  # overlay -> the restartPolicy it must set
     "restart-on-failure": "OnFailure",
     "pod-failure-policy": "Never",
 }
-
-# Every version from 1.31 on that the installed kubernetes-validate knows
-# (1.31 to 1.37 with kubernetes-validate 1.37.0). 1.31 is where Job
-# podFailurePolicy became GA; upstream supports the newest three minors,
-# and managed providers' extended support still covers 1.31 and 1.32.
-VERSIONS = sorted(
-    {major_minor(v) for v in all_versions() if Version(v) >= Version("1.31")}, key=Version
-)
 
 FATAL = {
     ExitCode.USAGE_ERROR,
@@ -73,14 +64,7 @@ def test_versions_cover_the_supported_range() -> None:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_is_valid_for_every_supported_version(overlay: str) -> None:
-    errors = []
-    for document in render(REPO / "k8s" / "overlays" / overlay):
-        for version in VERSIONS:
-            try:
-                kubernetes_validate.validate(document, version, strict=True)
-            except kubernetes_validate.ValidationError as error:
-                path = ".".join(map(str, error.path))
-                errors.append(f"{version} {identity(document)} {path}: {error.message}")
+    errors = kubernetes_errors(render(REPO / "k8s" / "overlays" / overlay))
     assert not errors, "\n".join(errors)
 
 
