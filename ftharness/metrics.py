@@ -13,9 +13,10 @@ Series (counters restart at zero with each supervisor process, as Prometheus
 counters do; `increase()` handles that):
 
     ftharness_attempt                          the current attempt number
-    ftharness_restarts_total{cause}            restarts after a crash: cause="crash"
-                                               (non-zero exit) or "killed" (a signal
-                                               the supervisor did not send, e.g. OOM)
+    ftharness_restarts_total{cause}            worker relaunches: cause="crash"
+                                               (non-zero exit), "killed" (a signal
+                                               the supervisor did not send, e.g. OOM),
+                                               and in a group "peer_lost" / "peer_stopped"
     ftharness_preemptions_total                stop signals forwarded (SIGTERM, ...)
     ftharness_last_committed_step              newest committed step
     ftharness_last_commit_timestamp_seconds    its manifest's time
@@ -49,6 +50,8 @@ log = logging.getLogger("ftharness.metrics")
 
 # How often the textfile is rewritten when no event does it.
 TEXTFILE_INTERVAL = 10.0
+# A group's relaunches, counted apart from crashes (neither spends the crash budget).
+PEER_CAUSES = {Outcome.PEER_LOST: "peer_lost", Outcome.PEER_STOPPED: "peer_stopped"}
 _DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120, 300, 600)
 
 
@@ -142,12 +145,12 @@ class SupervisorMetrics:
         )
         self.restarts = prom.Counter(
             "ftharness_restarts",
-            "Worker restarts after a crash, by cause: crash (non-zero exit) or killed "
-            "(a signal the supervisor did not send)",
+            "Worker relaunches, by cause: crash (non-zero exit), killed (a signal the "
+            "supervisor did not send), peer_lost / peer_stopped (a group's peer)",
             ["cause"],
             registry=registry,
         )
-        for cause in ("crash", "killed"):
+        for cause in ("crash", "killed", *PEER_CAUSES.values()):
             self.restarts.labels(cause)  # present at 0 before the first restart
         self.preemptions = prom.Counter(
             "ftharness_preemptions",
@@ -268,6 +271,8 @@ class SupervisorMetrics:
         # restart is no restart.
         if outcome is Outcome.CRASHED:
             self._restart_cause = "killed" if status.signal is not None else "crash"
+        elif outcome in PEER_CAUSES:
+            self._restart_cause = PEER_CAUSES[outcome]
         if stop_seconds is not None and outcome is Outcome.STOPPED:
             self.final_checkpoint.observe(stop_seconds)
         self._write_textfile()

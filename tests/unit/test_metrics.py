@@ -74,6 +74,18 @@ def test_observations_are_served_over_http(served):
     assert REGISTRY.get_sample_value("ftharness_attempt") is None
 
 
+def test_a_groups_relaunches_are_counted_by_their_peer_cause(served):
+    served.attempt_launched(1, 10, None)
+    served.attempt_ended(ExitStatus(code=79), Outcome.PEER_STOPPED, None, None)
+    served.attempt_launched(2, 11, None)
+    served.attempt_ended(ExitStatus(code=76), Outcome.PEER_LOST, None, None)
+    served.attempt_launched(3, 12, None)
+    values = scrape(served.port)
+    assert values[("ftharness_restarts_total", (("cause", "peer_stopped"),))] == 1
+    assert values[("ftharness_restarts_total", (("cause", "peer_lost"),))] == 1
+    assert values[("ftharness_restarts_total", (("cause", "crash"),))] == 0
+
+
 def test_a_crash_not_restarted_is_no_restart(served):
     served.attempt_launched(1, 10, None)
     served.attempt_ended(ExitStatus(code=1), Outcome.CRASHED, None, None)
