@@ -27,6 +27,12 @@ class ExitCode(enum.IntEnum):
     BACKUP_DIR_UNUSABLE = 73  # EX_CANTCREAT
     # Another run (supervisor or worker) holds the backup directory's lock.
     BACKUP_DIR_LOCKED = 75  # EX_TEMPFAIL: retry once the other run is gone
+    # A peer of a multi-worker group was lost (killed, its node gone, the group
+    # never re-formed): relaunch with the group, not counted as a crash.
+    PEER_LOST = 76  # EX_PROTOCOL: remote error in protocol
+    # Another worker of the group was told to stop; this worker saved the
+    # group's final checkpoint with it. Relaunch at once: not a crash.
+    PEER_STOPPED = 79
     # As shells do: the command exists but cannot be executed ...
     CANNOT_EXECUTE = 126
     # ... or does not exist.

@@ -12,6 +12,8 @@ import keras
 
 from ftharness.keras import _internals, data_position
 
+EXACT_STRATEGIES = frozenset({"MirroredStrategy"})
+
 
 def limits(
     fit_call: _internals.FitCall | None, kind: str, strategy: str | None = None
@@ -43,7 +45,10 @@ def limits(
         reasons.extend(_py_dataset_limits(x, bool(fit_call.arguments.get("shuffle"))))
     elif kind == data_position.INPUT_TF_DATA:
         reasons.extend(_tf_data_limits(x))
-    if strategy is not None:
+    # MirroredStrategy (one host, several devices) resumes exactly: its input
+    # is fit()'s one data iterator, split per replica (the exactness matrix's
+    # "mirrored_strategy" row). MultiWorkerMirroredStrategy is refused before.
+    if strategy is not None and strategy not in EXACT_STRATEGIES:
         reasons.append(
             f"a tf.distribute strategy ({strategy}) is in use; ftharness restores the data "
             "position of single-device training only"
