@@ -218,7 +218,9 @@ class TrainingCheckpoint:
         if agreed == local_step:
             return newest
         if agreed == 0:
-            log.info("a peer has no checkpoint: the group starts afresh (ours stay until retention)")
+            log.info(
+                "a peer has no checkpoint: the group starts afresh (ours stay, as retention keeps them)"
+            )
             return None
         ref = next((r for r in self._session.store.list_committed() if r.step == agreed), None)
         if ref is None or self._session.store.verify(ref):
@@ -315,11 +317,7 @@ class TrainingCheckpoint:
         alone would leave the chief waiting for its peers' parts.
         """
         self.checkpoint_requested()  # dropped, see above
-        if (
-            self.preemption_requested()
-            and self._stop.agreed_step is None
-            and not self._announced
-        ):
+        if self.preemption_requested() and self._stop.agreed_step is None and not self._announced:
             self._announced = True
             self._stop.announce(step)
         agreed = self._stop.agreed_step

@@ -18,7 +18,11 @@ import tensorflow as tf
 from ftharness.exitcodes import ExitCode
 from ftharness.worker import WorkerError
 
-PEER_FAILURES = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.DeadlineExceededError)
+PEER_FAILURES = (
+    tf.errors.UnavailableError,
+    tf.errors.AbortedError,
+    tf.errors.DeadlineExceededError,
+)
 
 
 class PeerLostError(WorkerError):

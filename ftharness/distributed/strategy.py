@@ -2,28 +2,26 @@
 
 Left to itself the strategy's coordination service waits 10 s for a silent
 peer (its heartbeat), and a worker whose peers never come waits in the
-constructor for ever (measured: docs/design/multi-worker.md). Here the
-heartbeat is the supervisor's `--peer-timeout`, and the constructor is
-bounded by `--group-timeout`: past it the worker exits PEER_LOST. The
-service's own `cluster_register_timeout_in_ms` is set too, but a task
-waiting for an absent leader does not honour it (measured: > 60 s with 4 s
-set, and SIGTERM not acted on meanwhile), hence the watchdog.
+constructor for ever (measured: docs/design/multi-worker.md), blocked in
+TensorFlow's C++ with the GIL held: no Python thread or signal handler runs
+meanwhile, so no watchdog of ours could help. Here the heartbeat is the
+supervisor's `--peer-timeout`, and the service's register barrier is bounded
+by `--group-timeout` (`coordination.configure`): past it the constructor
+raises DeadlineExceededError and the worker exits PEER_LOST.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
 
 import tensorflow as tf
 
 from ftharness import group
 from ftharness.distributed import coordination
-from ftharness.distributed.errors import is_peer_failure, peer_lost
+from ftharness.distributed.errors import PeerLostError, is_peer_failure
 from ftharness.distributed.timeouts import PeerTimeouts
 from ftharness.exitcodes import ExitCode
-from ftharness.logs import print_error
 from ftharness.worker import ConfigurationError, exit_with
 
 log = logging.getLogger("ftharness.distributed")
@@ -46,24 +44,15 @@ def multi_worker_strategy(**kwargs) -> tf.distribute.MultiWorkerMirroredStrategy
         coordination.configure(
             place, heartbeat_timeout=timeouts.peer, register_timeout=timeouts.group
         )
-    watchdog = threading.Timer(timeouts.group, _group_never_formed, args=(timeouts.group,))
-    watchdog.daemon = True
-    watchdog.start()
     try:
         return tf.distribute.MultiWorkerMirroredStrategy(**kwargs)
     except Exception as error:
         if not is_peer_failure(error):
             raise
-        exit_with(peer_lost(error, "while the group formed"))
-    finally:
-        watchdog.cancel()
-
-
-def _group_never_formed(timeout: float) -> None:
-    # The main thread is blocked in TensorFlow's C++ (no Python runs there
-    # until it returns): leave from here.
-    print_error(
-        f"the group did not form within {timeout:g} s (FTHARNESS_GROUP_TIMEOUT): a peer is "
-        f"missing; exiting {int(ExitCode.PEER_LOST)} (peer lost)"
-    )
-    os._exit(ExitCode.PEER_LOST)
+        exit_with(
+            PeerLostError(
+                f"the group did not form within {timeouts.group:g} s (FTHARNESS_GROUP_TIMEOUT): "
+                f"a peer is missing ({type(error).__name__}); exiting "
+                f"{int(ExitCode.PEER_LOST)} (peer lost)"
+            )
+        )
