@@ -219,7 +219,7 @@ class TrainingCheckpoint:
             return newest
         if agreed == 0:
             log.info(
-                "a peer has no checkpoint: the group starts afresh (ours stay, as retention keeps them)"
+                "a peer has no checkpoint: the group starts afresh (ours stay until retention)"
             )
             return None
         ref = next((r for r in self._session.store.list_committed() if r.step == agreed), None)
