@@ -9,6 +9,9 @@ step also draws from this worker's own NumPy global generator (seeded by
 its place in the group) and scales its input with the draw, so the final
 weights depend on every worker's RNG state being restored as its own.
 
+PLAIN_STRATEGY=1 builds tf.distribute.MultiWorkerMirroredStrategy itself
+instead of ftharness.tf.multi_worker_strategy().
+
 --step-log gets the step number after each step (the test counts steps
 trained twice); --report gets digests of the weights and optimizer slots.
 """
@@ -64,11 +67,13 @@ def main(argv: list[str]) -> int:
 
     keras.utils.set_random_seed(0)
     tf.config.experimental.enable_op_determinism()
-    strategy = ftharness.tf.multi_worker_strategy(
-        communication_options=tf.distribute.experimental.CommunicationOptions(
-            implementation=tf.distribute.experimental.CommunicationImplementation.RING
-        )
+    options = tf.distribute.experimental.CommunicationOptions(
+        implementation=tf.distribute.experimental.CommunicationImplementation.RING
     )
+    if os.environ.get("PLAIN_STRATEGY") == "1":  # the user's own, TensorFlow's defaults
+        strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    else:
+        strategy = ftharness.tf.multi_worker_strategy(communication_options=options)
     worker = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
     np.random.seed(100 + worker)  # this worker's own generator: per-worker state
     with strategy.scope():

@@ -45,8 +45,8 @@ def reference(tmp_path_factory) -> dict[int, dict]:
     return reports
 
 
-def relaunch_and_compare(directory, reference) -> Group:
-    group = Group(directory)
+def relaunch_and_compare(directory, reference, env: dict | None = None) -> Group:
+    group = Group(directory, env=env)
     codes = group.wait()
     assert codes == {0: 0, 1: 0}, group.log(0)[-3000:] + group.log(1)[-3000:]
     for index, report in group.reports().items():
@@ -60,8 +60,8 @@ def newest_step_of_both(group: Group) -> int:
     return steps[0]
 
 
-def stop_one_and_resume(tmp_path, reference, signalled: int) -> None:
-    group = Group(tmp_path)
+def stop_one_and_resume(tmp_path, reference, signalled: int, env: dict | None = None) -> None:
+    group = Group(tmp_path, env=env)
     signalled_at = stop(group, signalled, SIGTERM, at_step=8)
     stopped = 1 - signalled
     # Both commit the same final step (the agreed one), then exit.
@@ -80,7 +80,7 @@ def stop_one_and_resume(tmp_path, reference, signalled: int) -> None:
     assert group.steps(0)[-1] == group.steps(1)[-1] == final
     print(f"\nSIGTERM to worker {signalled} -> both saved step {final}: {both_saved:.2f} s")
 
-    resumed = relaunch_and_compare(tmp_path, reference)
+    resumed = relaunch_and_compare(tmp_path, reference, env)
     for index in (0, 1):
         assert f"resuming at step {final}" in resumed.log(index)
         # No step trained twice: the step log of both launches counts 1..STEPS once.
@@ -93,6 +93,10 @@ def test_sigterm_to_a_non_chief_stops_both_at_one_step_and_the_resume_is_exact(t
 
 def test_sigterm_to_the_chief_stops_both_at_one_step_and_the_resume_is_exact(tmp_path, reference):
     stop_one_and_resume(tmp_path, reference, signalled=0)
+
+
+def test_a_strategy_the_user_built_is_coordinated_the_same(tmp_path, reference):
+    stop_one_and_resume(tmp_path, reference, signalled=1, env={"PLAIN_STRATEGY": "1"})
 
 
 def test_a_killed_worker_makes_the_survivor_exit_peer_lost_and_the_group_resume_exact(
@@ -177,8 +181,13 @@ def test_a_worker_without_the_agreed_step_exits_peer_lost(tmp_path, reference):
 
 
 def test_a_worker_whose_group_never_forms_exits_peer_lost(tmp_path):
+    started = time.monotonic()
     group = Group(tmp_path, workers=(0,), env={"FTHARNESS_GROUP_TIMEOUT": "3"})
     codes = group.wait(timeout=120)
+    print(
+        f"\nworker 0 alone, group timeout 3 s -> exit {codes[0]} after "
+        f"{time.monotonic() - started:.2f} s (process start included)"
+    )
     assert codes == {0: PEER_LOST}, group.log(0)[-3000:]
     lines = [line for line in group.log(0).splitlines() if "did not form within 3 s" in line]
     assert len(lines) == 1, group.log(0)[-3000:]
