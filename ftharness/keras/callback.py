@@ -24,6 +24,7 @@ from ftharness.keras import (
     data_position,
     exactness,
     fit_args,
+    multi_worker,
     rng,
     state,
 )
@@ -214,6 +215,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         self._current_epoch = 0
         self._last_batch_seen = 0
         try:
+            multi_worker.refuse_multi_worker(self.model)
             self._session = WorkerSession.open(
                 self.backup_dir, self.keep, at_least=2 if self.double_checkpoint else 1
             )

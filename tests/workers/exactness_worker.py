@@ -401,6 +401,27 @@ def case_builtin_callbacks(workdir: Path) -> Case:
     )
 
 
+def case_mirrored_strategy() -> Case:
+    """fit() under MirroredStrategy on 2 logical CPU devices (configured in main())
+    over a reshuffling tf.data pipeline: each global batch of 8 is split in 2."""
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        model = dense_model()
+    return Case(
+        model,
+        dict(x=tf_data(), epochs=3),
+        report=lambda: {"replicas": strategy.num_replicas_in_sync},
+    )
+
+
+def logical_cpus(count: int) -> None:
+    """Split the CPU into `count` logical devices; before TensorFlow initialises."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(count)]
+    )
+
+
 def case_chaos() -> Case:
     """A longer training for the chaos test: 8 epochs of 24 batches, saved every 2."""
     tf.random.set_global_generator(tf.random.Generator.from_seed(SEED))
@@ -427,6 +448,7 @@ CASES: dict[str, Callable[..., Case]] = {
     "rng": case_rng,
     "mixed_precision_adamw": case_mixed_precision_adamw,
     "builtin_callbacks": case_builtin_callbacks,
+    "mirrored_strategy": case_mirrored_strategy,
     "chaos": case_chaos,
 }
 
@@ -500,6 +522,8 @@ def main(argv: list[str]) -> int:
     if os.environ.get("WORKER_PID_FILE"):
         Path(os.environ["WORKER_PID_FILE"]).write_text(str(os.getpid()))
     install_write_killer()
+    if args.case == "mirrored_strategy":
+        logical_cpus(2)
     keras.utils.set_random_seed(SEED)
     tf.config.experimental.enable_op_determinism()
     workdir = Path(args.report).parent

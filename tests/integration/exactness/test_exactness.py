@@ -39,6 +39,8 @@ class Case:
     resumes: tuple[str, ...]
     # The one-line warning every run must give at start (None: exact, no warning).
     warning: str | None = None
+    # Report keys the warning says may differ (nothing else may).
+    may_differ: tuple[str, ...] = ()
 
 
 MATRIX = {
@@ -81,6 +83,14 @@ MATRIX = {
     "builtin_callbacks": Case(
         ("sigterm:12", "crash-at-epoch-end:2", "crash:37"),
         ("epoch 1, batch 4", "epoch 2, batch 0", "epoch 4, batch 0"),
+    ),
+    # fit() under MirroredStrategy with 2 logical CPU devices, a reshuffling tf.data pipeline:
+    # exact but for the resumed epochs' logged metrics (said at start).
+    "mirrored_strategy": Case(
+        ("sigterm:11", "crash:19"),
+        ("epoch 1, batch 3", "epoch 2, batch 2"),
+        warning="under MirroredStrategy the metrics logged for a resumed epoch",
+        may_differ=("history",),
     ),
     # ftharness.tf.TrainingCheckpoint: model, optimizer, tf.data iterator, tf.random.Generator.
     "custom_loop": Case(("sigterm:13",), ("step 13",)),
@@ -161,7 +171,10 @@ def test_interrupted_and_resumed_run_ends_bit_identical(case, tmp_path):
     for line, where in zip(resumed_at, spec.resumes, strict=True):
         assert f"resuming at {where}" in line
 
-    assert_same_reports(reference.report, final.report)
+    assert_same_reports(
+        {k: v for k, v in reference.report.items() if k not in spec.may_differ},
+        {k: v for k, v in final.report.items() if k not in spec.may_differ},
+    )
 
     for run in [reference, *runs]:
         lines = warning_lines(run.log)

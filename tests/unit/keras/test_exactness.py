@@ -89,3 +89,14 @@ def test_a_pydataset_loaded_by_a_shuffling_pool_is_named():
 def test_a_distribution_strategy_is_named():
     (reason,) = exactness.limits(call(np.zeros(3)), data_position.INPUT_ARRAYS, "MirroredStrategy")
     assert "MirroredStrategy" in reason
+
+
+def test_under_mirrored_strategy_only_the_resumed_epochs_metrics_are_named():
+    (reason,) = exactness.limits(call(np.zeros(3)), data_position.INPUT_ARRAYS, "MirroredStrategy")
+    assert "metrics logged for a resumed epoch" in reason
+    assert "weights, optimizer and data position resume exactly" in reason
+
+
+def test_another_distribution_strategy_is_still_not_exact():
+    (reason,) = exactness.limits(call(np.zeros(3)), data_position.INPUT_ARRAYS, "TPUStrategy")
+    assert "TPUStrategy" in reason and "single-device training only" in reason
