@@ -1,25 +1,17 @@
-"""How long a worker waits for its peers, as its supervisor sets it.
+"""How long a worker waits for its peers, as its supervisor set it.
 
-`FTHARNESS_PEER_TIMEOUT` (the coordination service's heartbeat timeout: a
-peer silent this long is lost) and `FTHARNESS_GROUP_TIMEOUT` (how long a
-worker waits for its peers to join the group), in seconds. Until the
-supervisor's `config.WorkerEnvironment` carries them, they are read here.
+The supervisor passes `--peer-timeout` (the coordination service's heartbeat
+timeout: a peer silent this long is lost) and `--group-timeout` (how long a
+worker waits for its peers to join the group) through
+`config.WorkerEnvironment`; a worker run alone gets the same defaults.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ftharness.config import parse_duration
-
-ENV_PEER_TIMEOUT = "FTHARNESS_PEER_TIMEOUT"
-ENV_GROUP_TIMEOUT = "FTHARNESS_GROUP_TIMEOUT"
-# The coordination service's own heartbeat default (10 s), and 15 minutes for
-# a whole group to come back (a preempted node replaced, an image pulled).
-DEFAULT_PEER_TIMEOUT = 10.0
-DEFAULT_GROUP_TIMEOUT = 15 * 60.0
+from ftharness.config import DEFAULT_GROUP_TIMEOUT, DEFAULT_PEER_TIMEOUT, WorkerEnvironment
 
 
 @dataclass(frozen=True)
@@ -37,15 +29,10 @@ class PeerTimeouts:
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> PeerTimeouts:
         """ValueError naming the variable for a bad value."""
-        environ = os.environ if environ is None else environ
-
-        def seconds(name: str, default: float) -> float:
-            text = environ.get(name)
-            if text in (None, ""):
-                return default
-            return parse_duration(text, name=name, minimum=0.0, allow_minimum=False)
-
+        worker = WorkerEnvironment.from_environ(environ)
         return cls(
-            peer=seconds(ENV_PEER_TIMEOUT, DEFAULT_PEER_TIMEOUT),
-            group=seconds(ENV_GROUP_TIMEOUT, DEFAULT_GROUP_TIMEOUT),
+            peer=worker.peer_timeout if worker.peer_timeout is not None else DEFAULT_PEER_TIMEOUT,
+            group=(
+                worker.group_timeout if worker.group_timeout is not None else DEFAULT_GROUP_TIMEOUT
+            ),
         )

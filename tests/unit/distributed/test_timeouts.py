@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from ftharness.distributed.timeouts import (
+from ftharness.config import (
     DEFAULT_GROUP_TIMEOUT,
     DEFAULT_PEER_TIMEOUT,
     ENV_GROUP_TIMEOUT,
     ENV_PEER_TIMEOUT,
-    PeerTimeouts,
 )
+from ftharness.distributed.timeouts import PeerTimeouts
 
 
 def test_unset_variables_give_the_coordination_services_default_and_fifteen_minutes():
