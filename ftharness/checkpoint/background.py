@@ -17,6 +17,16 @@ than skip because:
   saving (training at disk speed), which is visible in the log, instead of
   silently keeping older checkpoints than the user asked for.
 
+A write in flight can be abandoned (`abandon()`): the final checkpoint
+after a stop signal holds newer state than any periodic write still in
+flight, so finishing that write would only spend the grace period's disk
+bandwidth on a checkpoint that is superseded a moment later. The job's
+file data goes through `abandonable(chunks)`, which stops at the next piece
+(`WriteAbandoned`); the commit protocol then leaves at most a `.tmp-`
+directory, which is never loaded. Once every byte of the data is handed to
+the kernel the write is nearly done (manifest, rename) and it finishes:
+abandoning it then would still wait for its pages under writeback.
+
 Errors never get lost: a failed write is logged at once, and raised as
 `BackgroundWriteError` by the next `make_room()`, `submit()` or `wait()`
 (the next save, the final checkpoint, the end of training).
@@ -33,11 +43,14 @@ Example::
 
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+
+from ftharness.checkpoint.durable import PIECE_BYTES
 
 log = logging.getLogger("ftharness.checkpoint")
 
@@ -59,6 +72,23 @@ class BackgroundWriteError(RuntimeError):
 
     def __reduce__(self):
         return (type(self), (self.description, self.reason))
+
+
+class WriteAbandoned(Exception):
+    """Raised inside a write that `BackgroundWriter.abandon()` stopped; never committed."""
+
+    def __init__(self, description: str) -> None:
+        super().__init__(f"{description} was abandoned")
+        self.description = description
+
+
+class AbandonOutcome(enum.Enum):
+    """What became of the write in flight when `abandon()` was called."""
+
+    NOTHING_IN_FLIGHT = "nothing in flight"
+    ABANDONED = "abandoned"  # stopped before its commit: only a temporary was left
+    FINISHED = "finished"  # past its last piece: it committed
+    FAILED = "failed"  # it failed on its own (logged when it happened)
 
 
 class WriterBusyError(RuntimeError):
@@ -86,6 +116,10 @@ class BackgroundWriter:
         self._description = ""
         self._error: BaseException | None = None
         self._failed_description = ""
+        # Set by abandon(); cleared by submit(). One write runs at a time, so
+        # one event serves every job's abandonable() stream.
+        self._abandon = threading.Event()
+        self._abandoned = False
 
     @property
     def in_flight(self) -> str | None:
@@ -100,6 +134,8 @@ class BackgroundWriter:
             raise WriterBusyError(f"{self._description} is still being written")
         self._raise_pending_error()
         self._description = description
+        self._abandon.clear()
+        self._abandoned = False
         # Not a daemon: if the training script ends abruptly (an exception
         # out of fit()), the interpreter finishes this commit before exiting
         # rather than abandoning it half-written. A SIGKILL still can, which
@@ -126,6 +162,47 @@ class BackgroundWriter:
         self._raise_pending_error()
         return waited
 
+    def abandonable(self, chunks: Iterable[bytes | memoryview]) -> Iterator[memoryview]:
+        """`chunks` as byte pieces of at most PIECE_BYTES (no copies), raising
+        `WriteAbandoned` before the next piece once `abandon()` was called."""
+        event = self._abandon
+        for chunk in chunks:
+            view = memoryview(chunk).cast("B")
+            for start in range(0, len(view), PIECE_BYTES):
+                if event.is_set():
+                    raise WriteAbandoned(self._description)
+                yield view[start : start + PIECE_BYTES]
+
+    def abandon(self) -> AbandonOutcome:
+        """Stop the write in flight at its next piece and wait until it has ended.
+
+        A write stopped so is never committed and raises nothing later; a
+        write that failed on its own was logged when it failed and is not
+        raised again either: the caller is about to write newer state.
+        """
+        thread = self._thread
+        if thread is None:
+            return AbandonOutcome.NOTHING_IN_FLIGHT
+        description = self._description
+        started = time.monotonic()
+        self._abandon.set()
+        thread.join()
+        self._thread = None
+        error, self._error = self._error, None
+        if self._abandoned:
+            outcome = AbandonOutcome.ABANDONED
+        elif error is not None:
+            outcome = AbandonOutcome.FAILED
+        else:
+            outcome = AbandonOutcome.FINISHED
+        log.info(
+            "the background write of %s was %s for the final checkpoint (%.3f s)",
+            description,
+            "abandoned" if outcome is AbandonOutcome.ABANDONED else f"{outcome.value}, waited",
+            time.monotonic() - started,
+        )
+        return outcome
+
     def make_room(self) -> float:
         """`wait()` before taking the next snapshot; warns when that blocked long.
 
@@ -150,6 +227,8 @@ class BackgroundWriter:
     def _run(self, job: Callable[[], object], description: str) -> None:
         try:
             job()
+        except WriteAbandoned:
+            self._abandoned = True  # asked for: not an error
         except BaseException as error:
             # Logged now, with its traceback as text, then kept without
             # tracebacks: their frames hold the job, and so the snapshot, and
