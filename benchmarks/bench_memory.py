@@ -10,7 +10,7 @@ checkpoint is the difference between the two kinds, paired per round
 from __future__ import annotations
 
 from benchmarks.context import Context
-from benchmarks.measure import Row, format_ratio, interleaved, median, megabytes
+from benchmarks.measure import Row, format_ratio, interleaved, median, megabytes, spread
 
 NAME = "memory"
 
@@ -31,7 +31,7 @@ def run(ctx: Context) -> list[Row]:
 
         return once
 
-    rounds = 1 if ctx.settings.quick else 3
+    rounds = 1 if ctx.settings.quick else 5
     interleaved({"save": measure(True), "none": measure(False)}, rounds)
     extra = median([s - n for s, n in zip(peaks["save"], peaks["none"], strict=True)])
     size = state[0]
@@ -48,5 +48,6 @@ def run(ctx: Context) -> list[Row]:
             ratio <= 1.1,
             f"ru_maxrss of fresh processes, {rounds} rounds; peaks "
             f"{megabytes(median(peaks['save']))} vs {megabytes(median(peaks['none']))}",
+            spread([(s - n) / size for s, n in zip(peaks["save"], peaks["none"], strict=True)]),
         )
     ]

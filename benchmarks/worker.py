@@ -143,21 +143,56 @@ def calibrate(settings: Settings, args) -> dict:
     return {"step_seconds": timer.median_step(skip=3), "state_bytes": state_bytes(model)}
 
 
+class MemcpyBaseline(keras.callbacks.Callback):
+    """Times a copy of the state's size between two preallocated, touched buffers
+    at the step before each periodic save: the baseline of that save's stall,
+    in the same process, next to it in time."""
+
+    def __init__(self, nbytes: int, save_freq: int) -> None:
+        super().__init__()
+        self.source = np.ones(nbytes, dtype=np.uint8)
+        self.target = np.zeros(nbytes, dtype=np.uint8)
+        self.save_freq = save_freq
+        self.seconds: list[float] = []
+        self.steps = 0
+
+    def on_train_batch_end(self, batch, logs=None) -> None:
+        self.steps += 1
+        if self.save_freq and (self.steps + 1) % self.save_freq == 0:
+            started = time.perf_counter()
+            np.copyto(self.target, self.source)
+            self.seconds.append(time.perf_counter() - started)
+
+
 def final(settings: Settings, args) -> dict:
-    """Train until a stop signal; ftharness commits the final checkpoint and exits 143."""
+    """Train until a stop signal; ftharness commits the final checkpoint and exits 143.
+
+    Under `ftharness supervise` (no --backup-dir) the supervisor's directory is used.
+    """
     model = build_model(settings)
     timer = StepTimer()
     callbacks = [
         ftharness.keras.BackupAndRestore(
-            backup_dir=args.backup_dir, save_freq=args.save_freq or False, keep=2
+            backup_dir=args.backup_dir or None, save_freq=args.save_freq or False, keep=2
         ),
         timer,
         TouchAfter(Path(args.ready), 4),
     ]
+    memcpy = None
+    if args.memcpy:
+        memcpy = MemcpyBaseline(state_bytes(model), args.save_freq)
+        callbacks.append(memcpy)
     try:
         fit(model, settings, make_data(settings, 64), callbacks, epochs=10**6)
     finally:
-        _write(args.out, {"step_seconds": timer.median_step(), "state_bytes": state_bytes(model)})
+        _write(
+            args.out,
+            {
+                "step_seconds": timer.median_step(),
+                "state_bytes": state_bytes(model),
+                "memcpy_seconds": memcpy.seconds if memcpy is not None else [],
+            },
+        )
     return {}
 
 
@@ -325,8 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save-freq", type=int, default=0)
     parser.add_argument("--saves", type=int, default=3)
     parser.add_argument("--save", action="store_true")
+    parser.add_argument("--memcpy", action="store_true", help="final: time the memcpy baseline")
     parser.add_argument("--work")
-    parser.add_argument("--configs", default="none,ftharness,keras,ftharness-sync")
+    parser.add_argument("--configs", default="none,ftharness,keras")
     parser.add_argument("--total-steps", type=int, default=100)
     parser.add_argument("--timeline")
     args = parser.parse_args(argv)
