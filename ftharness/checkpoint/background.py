@@ -23,9 +23,11 @@ flight, so finishing that write would only spend the grace period's disk
 bandwidth on a checkpoint that is superseded a moment later. The job's
 file data goes through `abandonable(chunks)`, which stops at the next piece
 (`WriteAbandoned`); the commit protocol then leaves at most a `.tmp-`
-directory, which is never loaded. Once every byte of the data is handed to
-the kernel the write is nearly done (manifest, rename) and it finishes:
-abandoning it then would still wait for its pages under writeback.
+directory, which is never loaded, and removes it on the writer thread while
+the final checkpoint is already being written. Once every byte of its data
+is handed to the kernel the write is nearly done (fsync, manifest, rename)
+and it is waited for: abandoning it then would still wait for its pages
+under writeback, and its commit must not run beside the next one's.
 
 Errors never get lost: a failed write is logged at once, and raised as
 `BackgroundWriteError` by the next `make_room()`, `submit()` or `wait()`
@@ -116,10 +118,10 @@ class BackgroundWriter:
         self._description = ""
         self._error: BaseException | None = None
         self._failed_description = ""
-        # Set by abandon(); cleared by submit(). One write runs at a time, so
-        # one event serves every job's abandonable() stream.
-        self._abandon = threading.Event()
-        self._abandoned = False
+        self._control = _Control()  # the running job's: abandon() talks to it
+        # Abandoned writes still removing their temporary directory: they run
+        # beside the next write (they only delete their own files).
+        self._cleaning: list[threading.Thread] = []
 
     @property
     def in_flight(self) -> str | None:
@@ -134,14 +136,13 @@ class BackgroundWriter:
             raise WriterBusyError(f"{self._description} is still being written")
         self._raise_pending_error()
         self._description = description
-        self._abandon.clear()
-        self._abandoned = False
+        self._control = control = _Control()
         # Not a daemon: if the training script ends abruptly (an exception
         # out of fit()), the interpreter finishes this commit before exiting
         # rather than abandoning it half-written. A SIGKILL still can, which
         # the commit protocol makes harmless.
         self._thread = threading.Thread(
-            target=self._run, args=(job, description), name=self._name, daemon=False
+            target=self._run, args=(job, description, control), name=self._name, daemon=False
         )
         self._thread.start()
 
@@ -158,6 +159,8 @@ class BackgroundWriter:
         if thread is not None:
             thread.join()
             self._thread = None
+        while self._cleaning:
+            self._cleaning.pop().join()
         waited = time.monotonic() - started
         self._raise_pending_error()
         return waited
@@ -165,36 +168,42 @@ class BackgroundWriter:
     def abandonable(self, chunks: Iterable[bytes | memoryview]) -> Iterator[memoryview]:
         """`chunks` as byte pieces of at most PIECE_BYTES (no copies), raising
         `WriteAbandoned` before the next piece once `abandon()` was called."""
-        event = self._abandon
+        control = self._control  # at the first piece: the job writing it
         for chunk in chunks:
             view = memoryview(chunk).cast("B")
             for start in range(0, len(view), PIECE_BYTES):
-                if event.is_set():
+                if control.abandon.is_set():
+                    control.abandoned = True
+                    control.stopped.set()
                     raise WriteAbandoned(self._description)
                 yield view[start : start + PIECE_BYTES]
 
     def abandon(self) -> AbandonOutcome:
-        """Stop the write in flight at its next piece and wait until it has ended.
+        """Stop the write in flight at its next piece; return once it writes no more.
 
-        A write stopped so is never committed and raises nothing later; a
-        write that failed on its own was logged when it failed and is not
-        raised again either: the caller is about to write newer state.
+        A write stopped so is never committed and raises nothing later; it
+        removes its temporary directory on its thread, beside the caller's
+        next write (`wait()` waits for that too). A write already past its
+        last piece is waited for to its end: its commit (manifest, rename,
+        retention) must not run beside the next one's. A write that failed on
+        its own was logged when it failed and is not raised again: the caller
+        is about to write newer state.
         """
         thread = self._thread
         if thread is None:
             return AbandonOutcome.NOTHING_IN_FLIGHT
-        description = self._description
+        control, description = self._control, self._description
         started = time.monotonic()
-        self._abandon.set()
-        thread.join()
+        control.abandon.set()
+        control.stopped.wait()
         self._thread = None
-        error, self._error = self._error, None
-        if self._abandoned:
+        if control.abandoned:
             outcome = AbandonOutcome.ABANDONED
-        elif error is not None:
-            outcome = AbandonOutcome.FAILED
+            self._cleaning.append(thread)
         else:
-            outcome = AbandonOutcome.FINISHED
+            thread.join()
+            error, self._error = self._error, None
+            outcome = AbandonOutcome.FINISHED if error is None else AbandonOutcome.FAILED
         log.info(
             "the background write of %s was %s for the final checkpoint (%.3f s)",
             description,
@@ -224,11 +233,11 @@ class BackgroundWriter:
                     description,
                 )
 
-    def _run(self, job: Callable[[], object], description: str) -> None:
+    def _run(self, job: Callable[[], object], description: str, control: _Control) -> None:
         try:
             job()
         except WriteAbandoned:
-            self._abandoned = True  # asked for: not an error
+            pass  # asked for (abandon()): not an error
         except BaseException as error:
             # Logged now, with its traceback as text, then kept without
             # tracebacks: their frames hold the job, and so the snapshot, and
@@ -242,6 +251,8 @@ class BackgroundWriter:
             _drop_tracebacks(error)
             self._failed_description = description
             self._error = error
+        finally:
+            control.stopped.set()
 
     def _raise_pending_error(self) -> None:
         error, self._error = self._error, None
@@ -249,6 +260,15 @@ class BackgroundWriter:
             raise BackgroundWriteError(
                 self._failed_description, str(error) or type(error).__name__
             ) from error
+
+
+class _Control:
+    """Between `abandon()` and one job's `abandonable()` stream."""
+
+    def __init__(self) -> None:
+        self.abandon = threading.Event()  # asked to stop
+        self.stopped = threading.Event()  # it writes no more: stopped, or ended
+        self.abandoned = False  # it stopped because asked (before its commit)
 
 
 def _drop_tracebacks(error: BaseException) -> None:

@@ -445,9 +445,13 @@ class BackupAndRestore(keras.callbacks.Callback):
         in_flight = self._writer.in_flight
         older = in_flight is not None and in_flight != checkpoint_name(self._position.step)
         try:
-            if older and self._writer.abandon() is not AbandonOutcome.FINISHED:
-                self._last_saved_step = None
-            self._writer.wait()
+            if older:
+                # Returns once it writes no more; it removes its temporary
+                # directory beside the final write.
+                if self._writer.abandon() is not AbandonOutcome.FINISHED:
+                    self._last_saved_step = None
+            else:
+                self._writer.wait()
         except BackgroundWriteError as error:
             self._last_saved_step = None  # that write never committed
             # The final checkpoint holds newer state than the lost one: write it.

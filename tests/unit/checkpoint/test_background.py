@@ -7,6 +7,7 @@ import gc
 import logging
 import pickle
 import threading
+import time
 import weakref
 
 import pytest
@@ -15,6 +16,7 @@ from ftharness.checkpoint.background import (
     AbandonOutcome,
     BackgroundWriteError,
     BackgroundWriter,
+    WriteAbandoned,
     WriterBusyError,
 )
 from ftharness.checkpoint.durable import PIECE_BYTES
@@ -246,3 +248,30 @@ def test_the_next_write_is_not_abandoned_by_an_earlier_abandon():
     writer.submit(disk, "ckpt-1")
     writer.wait()
     assert b"".join(disk.written) == disk.data
+
+
+def test_an_abandoned_write_cleans_up_beside_the_next_write_and_wait_waits_for_it():
+    writer = BackgroundWriter()
+    paused, cleaning, cleaned = threading.Event(), threading.Event(), threading.Event()
+
+    def write() -> None:
+        try:
+            for _ in writer.abandonable([bytes(3 * PIECE_BYTES)]):
+                paused.set()
+                time.sleep(0.01)
+        except WriteAbandoned:
+            cleaning.set()  # removing its temporary directory, slowly
+            assert cleaned.wait(30)
+            raise
+
+    writer.submit(write, "ckpt-25")
+    assert paused.wait(10)
+    assert writer.abandon() is AbandonOutcome.ABANDONED
+    assert cleaning.wait(10)
+    assert writer.in_flight is None
+    final = threading.Event()
+    writer.submit(final.set, "ckpt-27")  # the final write does not wait for the cleanup
+    assert final.wait(10)
+    threading.Timer(0.2, cleaned.set).start()
+    writer.wait()
+    assert cleaned.is_set()  # wait() returned only once the cleanup was done
