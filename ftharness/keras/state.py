@@ -205,6 +205,7 @@ class SnapshotBuffers:
         self._threads = max(1, min(threads or os.cpu_count() or 1, _MAX_COPY_THREADS))
         self._layout: list[tuple[str, str, tuple[str, tuple[int, ...]]]] = []
         self._buffer: np.ndarray | None = None
+        self._owner: np.ndarray | None = None
         self._slots: list[np.ndarray] = []
         self._pool: ThreadPoolExecutor | None = None
 
@@ -232,13 +233,20 @@ class SnapshotBuffers:
     def release(self) -> None:
         """Give the memory back (the end of a fit())."""
         self._layout, self._buffer, self._slots = [], None, []
+        self._owner: np.ndarray | None = None
         if self._pool is not None:
             self._pool.shutdown(wait=False)
             self._pool = None
 
     def _allocate(self, layout, sources: list[np.ndarray]) -> None:
         self.release()
-        self._buffer = np.empty(sum(view.nbytes for view in sources), dtype=np.uint8)
+        total = sum(view.nbytes for view in sources)
+        # Page-aligned, so that the writer can hand it to the disk directly
+        # (O_DIRECT: checkpoint.durable); the slots follow one another.
+        raw = np.empty(total + _PAGE, dtype=np.uint8)
+        skip = -raw.__array_interface__["data"][0] % _PAGE
+        self._owner = raw
+        self._buffer = raw[skip : skip + total]
         offset = 0
         for view in sources:
             raw = self._buffer[offset : offset + view.nbytes]
@@ -261,6 +269,7 @@ class SnapshotBuffers:
             future.result()
 
 
+_PAGE = 4096
 # Memory bandwidth is saturated by a few threads; more only compete with others.
 _MAX_COPY_THREADS = 4
 # Below this a copy is not worth splitting between threads.

@@ -138,3 +138,23 @@ def test_split_covers_every_byte_once_in_equal_ranges(sizes, parts):
         state._copy_range(part)
     for destination, source in zip(destinations, sources, strict=True):
         np.testing.assert_array_equal(destination, source)
+
+
+def test_a_snapshot_is_one_page_aligned_chunk_per_group():
+    model = trained_model()
+    captured = SnapshotBuffers().capture(model)
+    files = TrainingState(
+        position=Position(0, 0, 0),
+        data=DataPosition.from_json({"iterators_before": 0, "skip": 0}),
+        rng={},
+        callbacks=[],
+        input=None,
+        fit={},
+        arrays=captured,
+    ).to_files()
+    chunks = files[ARRAYS_FILE]
+    assert len(chunks) == len(captured)  # training, metrics: one chunk each
+    training_bytes = sum(value.nbytes for _, value in captured[GROUP_TRAINING])
+    assert chunks[0].nbytes == training_bytes
+    # Page-aligned: the writer can hand it to the disk directly (O_DIRECT).
+    assert np.frombuffer(chunks[0], dtype=np.uint8).ctypes.data % 4096 == 0
