@@ -4,10 +4,11 @@ The model is made 2 x and 4 x wider and narrower around the reference
 (width 1024, 2048, 4096 at depth 8: 101 MB, 403 MB and 1.61 GB of weights and
 Adam's two slots). For each size, interleaved in rounds:
 - raw: the same number of bytes written with one `write()` + one `fsync()`;
-- one worker under `ftharness supervise` that takes a periodic checkpoint,
-  then gets SIGTERM within the next step (as "after a periodic save" in the
-  final benchmark). From it: the periodic save's stall (the worker's own
-  log: capture into the reused host buffers), the memcpy baseline (the
+- one worker under `ftharness supervise` that takes two periodic
+  checkpoints, then gets SIGTERM within the next step (as "after a periodic
+  save" in the final benchmark). From it: the second periodic save's stall
+  (the worker's own log: capture into the reused host buffers; the first
+  save allocates them), the memcpy baseline (the
   same number of bytes between two preallocated, touched buffers, timed in
   the same process one step before the save), the final checkpoint's step
   boundary → committed (its log) and SIGTERM → manifest on disk (outside).
