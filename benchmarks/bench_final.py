@@ -46,7 +46,9 @@ _COMMITTED = re.compile(
 )
 _ABANDONED = re.compile(r"background write of ckpt-\d+ was (\w+).*\(([\d.]+) s\)")
 PERIODIC_STEP = 6  # the periodic save of the "after" and "during" cases (ready at step 4)
-FRESH, AFTER, DURING = "never checkpointed before", "after a periodic save", "during a periodic write"
+FRESH = "never checkpointed before"
+AFTER = "after a periodic save"
+DURING = "during a periodic write"
 
 
 def run(ctx: Context) -> list[Row]:

@@ -9,8 +9,8 @@ Modes:
   keras-save   time keras.callbacks.BackupAndRestore saves of the same model
   steady       training throughput: no checkpoints / ftharness / Keras's
                callback, in interleaved segments of the same process
-  memory       peak RSS (ru_maxrss) of a short training with or without one
-               checkpoint, in a fresh process
+  memory       peak RSS around one checkpoint (or at the same steps without
+               one) of a short training, in a fresh process
   goodput      a supervised training job; appends its own timestamps
 The model and its data are made here, never downloaded.
 """
@@ -282,24 +282,63 @@ def _cpu_seconds() -> float:
 
 
 def memory(settings: Settings, args) -> dict:
-    """Peak RSS of 8 training steps, with one checkpoint (at step 5) or none.
+    """Peak RSS from the step before the checkpoint (step 5) to the end of training.
 
     The snapshot of step 5 is written while steps 6-8 train, as in real use.
+    The peak is reset at the end of step 4 (`PeakFrom`), in both kinds of
+    run: a process's lifetime peak (ru_maxrss) is set before that, by
+    TensorFlow's start and the first step's tracing, and is higher than a
+    checkpoint's, which it would hide (the difference would read 0).
     """
     model = build_model(settings)
     data = make_data(settings, 8)
     callback = ftharness.keras.BackupAndRestore(
         backup_dir=args.backup_dir, save_freq=5 if args.save else False
     )
-    rss_before = psutil.Process().memory_info().rss
+    peak = PeakFrom(step=4)
     commits = CommitLog()
-    fit(model, settings, data, [callback])
+    fit(model, settings, data, [peak, callback])
+    if peak.rss_at_reset is None:
+        raise RuntimeError("training ended before step 4: the peak was never reset")
     return {
-        "maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "rss_before_fit": rss_before,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "rss_at_reset": peak.rss_at_reset,
         "state_bytes": state_bytes(model),
         "checkpoints": commits.names,
     }
+
+
+class PeakFrom(keras.callbacks.Callback):
+    """Resets the process's peak RSS at the end of training step `step`.
+
+    Listed before ftharness's callback, so a save at that very step would be
+    counted after the reset.
+    """
+
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.step = step
+        self.rss_at_reset: int | None = None
+
+    def on_train_batch_end(self, batch, logs=None) -> None:
+        if batch + 1 == self.step:
+            reset_peak_rss()
+            self.rss_at_reset = psutil.Process().memory_info().rss
+
+
+def reset_peak_rss() -> None:
+    """Linux: the peak RSS ("VmHWM") becomes the current RSS (proc(5), clear_refs 5)."""
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+
+
+def peak_rss_bytes() -> int:
+    """The peak RSS since the last `reset_peak_rss()` (VmHWM, /proc/self/status)."""
+    status = Path("/proc/self/status").read_text()
+    match = re.search(r"^VmHWM:\s+(\d+) kB$", status, re.MULTILINE)
+    if match is None:
+        raise RuntimeError("/proc/self/status has no VmHWM line")
+    return int(match.group(1)) * 1024
 
 
 def goodput(settings: Settings, args) -> dict:
