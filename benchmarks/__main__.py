@@ -2,8 +2,8 @@
 
     .venv/bin/python -m benchmarks [--quick] [--only NAME ...] [--output PATH]
 
-The full run takes about 12 minutes on 2 cores and needs ~3 GB of memory and
-~2 GB of free disk in the work directory (the checkpoints' disk is the one
+The full run takes about 30 minutes on 2 cores and needs ~10 GB of memory and
+~4 GB of free disk in the work directory (the checkpoints' disk is the one
 measured: pass `--work-dir` on the disk you care about).
 """
 
@@ -23,6 +23,7 @@ from benchmarks import (
     bench_goodput,
     bench_memory,
     bench_restore,
+    bench_scaling,
     bench_steady,
     bench_supervisor,
     machine,
@@ -37,6 +38,7 @@ BENCHMARKS = {
     "supervisor": bench_supervisor,
     "restore": bench_restore,
     "final": bench_final,
+    "scaling": bench_scaling,
     "steady": bench_steady,
     "memory": bench_memory,
     "goodput": bench_goodput,
@@ -65,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="ftharness-bench-", dir=args.work_dir))
     ctx = Context(settings, work)
     started = time.monotonic()
+    load_at_start = machine.load()
     rows: list[Row] = []
     failures: dict[str, str] = {}
     names = args.only or list(BENCHMARKS)
@@ -94,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             failures,
             command,
             minutes,
+            ctx.sections,
+            f"{load_at_start} at the start, {machine.load()} at the end",
         )
         print(f"\nwrote {output}")
     print(f"took {minutes:.1f} minutes")

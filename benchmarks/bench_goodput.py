@@ -1,6 +1,6 @@
 """Goodput: a supervised job preempted every N seconds still finishes on time.
 
-The same job runs twice under `ftharness supervise`, with periodic
+The same job runs in pairs of runs under `ftharness supervise`, with periodic
 checkpoints every `save_interval` seconds of training:
 - uninterrupted: wall time U from launch to exit 0;
 - preempted: every `preempt_every` seconds after a launch (once training
@@ -11,7 +11,8 @@ the model's build and the restore); launch → ready is that restart's
 "process start + restore" (S). (On a loaded machine, an attempt trains at least `min_training`
 seconds before its SIGTERM.) The target: T <= (U + sum of S) x 1.05, i.e.
 what preemption costs beyond restarting is at most 5 %: the final
-checkpoints, the processes' exits, the partial steps lost.
+checkpoints, the processes' exits, the partial steps lost. The figure is
+the median over `goodput_pairs` pairs, the order within a pair alternating.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 
 from benchmarks.context import Context, tail, wait, wait_for_path
-from benchmarks.measure import Row, format_ratio, seconds
+from benchmarks.measure import Row, format_ratio, median, seconds, spread
 from benchmarks.settings import Settings
 
 NAME = "goodput"
@@ -34,34 +35,50 @@ def run(ctx: Context) -> list[Row]:
     step = calibration["step_seconds"]
     total_steps = max(20, round(ctx.settings.goodput_seconds / step / 20) * 20)
     save_freq = max(2, round(ctx.settings.save_interval / step))
-
-    uninterrupted = _job(ctx, "goodput-uninterrupted", total_steps, save_freq, preempt=None)
-    preempted = _job(
-        ctx, "goodput-preempted", total_steps, save_freq, preempt=ctx.settings.preempt_every
-    )
-    restarts = len(preempted["attempts"]) - 1
-    start_restore = [a["ready"] - a["launched"] for a in preempted["attempts"][1:]]
-    budget = uninterrupted["wall"] + sum(start_restore)
-    ratio = preempted["wall"] / budget
-    lost = (preempted["wall"] - budget) / restarts if restarts else 0.0
-    mean_sr = sum(start_restore) / restarts if restarts else 0.0
-    print(
-        f"  goodput: {format_ratio(ratio)} ({seconds(preempted['wall'])} preempted, "
-        f"{seconds(uninterrupted['wall'])} uninterrupted, {restarts} restarts)"
-    )
+    pairs = []
+    for index in range(ctx.settings.goodput_pairs):
+        # Alternate which run of a pair goes first, so that a drift of the
+        # machine's load does not always land on the same one.
+        jobs = {}
+        for kind in ("uninterrupted", "preempted")[:: 1 if index % 2 == 0 else -1]:
+            preempt = ctx.settings.preempt_every if kind == "preempted" else None
+            jobs[kind] = _job(ctx, f"goodput-{kind}", total_steps, save_freq, preempt=preempt)
+        uninterrupted, preempted = jobs["uninterrupted"], jobs["preempted"]
+        restarts = len(preempted["attempts"]) - 1
+        start_restore = [a["ready"] - a["launched"] for a in preempted["attempts"][1:]]
+        budget = uninterrupted["wall"] + sum(start_restore)
+        pairs.append(
+            {
+                "ratio": preempted["wall"] / budget,
+                "wall": preempted["wall"],
+                "uninterrupted": uninterrupted["wall"],
+                "restarts": restarts,
+                "start_restore": sum(start_restore) / restarts if restarts else 0.0,
+                "lost": (preempted["wall"] - budget) / restarts if restarts else 0.0,
+            }
+        )
+        print(
+            f"  goodput pair {index + 1}: {format_ratio(pairs[-1]['ratio'])} "
+            f"({seconds(preempted['wall'])} preempted, {seconds(uninterrupted['wall'])} "
+            f"uninterrupted, {restarts} restarts)"
+        )
+    ratio = median([p["ratio"] for p in pairs])
     return [
         Row(
             NAME,
             "preempted run / (uninterrupted + restarts x (start + restore))",
             ratio,
-            seconds(preempted["wall"]),
-            f"{seconds(uninterrupted['wall'])} + {restarts} x {seconds(mean_sr)}",
+            seconds(median([p["wall"] for p in pairs])),
+            f"{seconds(median([p['uninterrupted'] for p in pairs]))} + "
+            f"{median([p['restarts'] for p in pairs]):.0f} x "
+            f"{seconds(median([p['start_restore'] for p in pairs]))}",
             "≤ 1.05",
             ratio <= 1.05,
             f"{total_steps} steps, a checkpoint every {save_freq}, SIGTERM every "
-            f"{ctx.settings.preempt_every:.0f} s; beyond restarting, each preemption cost "
-            f"{seconds(lost)} (final checkpoint, exit, the interrupted step); one pair of "
-            "runs (each takes minutes)",
+            f"{ctx.settings.preempt_every:.0f} s; median of {len(pairs)} pairs of runs; beyond "
+            f"restarting, each preemption cost {seconds(median([p['lost'] for p in pairs]))} "
+            "(final checkpoint, exit, the interrupted step)",
+            spread([p["ratio"] for p in pairs]),
         )
     ]
 

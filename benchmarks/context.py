@@ -31,6 +31,8 @@ class Context:
     python: str = sys.executable
     _calibration: dict | None = field(default=None, repr=False)
     _counter: int = 0
+    # Extra sections of RESULTS.md (heading -> markdown), e.g. the scaling table.
+    sections: dict[str, str] = field(default_factory=dict)
 
     # -- directories -----------------------------------------------------------
 
@@ -45,7 +47,11 @@ class Context:
     # -- processes -------------------------------------------------------------
 
     def worker_command(self, mode: str, *args: object) -> list[str]:
-        config = json.dumps(asdict(self.settings))
+        return self.worker_command_for(self.settings, mode, *args)
+
+    def worker_command_for(self, settings: Settings, mode: str, *args: object) -> list[str]:
+        """A worker with other settings than the run's (the scaling benchmark's sizes)."""
+        config = json.dumps(asdict(settings))
         return [
             self.python,
             "-m",

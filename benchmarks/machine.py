@@ -107,3 +107,8 @@ def _git_sha() -> str:
 if __name__ == "__main__":
     for key, value in describe(Path.cwd(), sys.executable).items():
         print(f"{key}: {value}")
+
+
+def load() -> str:
+    """The 1, 5 and 15 minute load averages (other jobs' share of the machine)."""
+    return ", ".join(f"{value:.2f}" for value in os.getloadavg())

@@ -22,6 +22,7 @@ class Row:
     target: str = ""
     met: bool | None = None
     note: str = ""
+    spread: str = ""  # min-max of the per-round ratios
 
 
 def median(values: Sequence[float]) -> float:
@@ -62,3 +63,13 @@ def format_ratio(ratio: float) -> str:
     if ratio < 0.01:
         return f"{ratio:.5f}"
     return f"{ratio:.3f}"
+
+
+def ratios(ours: Sequence[float], baseline: Sequence[float]) -> list[float]:
+    """Per-round ratios of two interleaved series (round i of one over round i of the other)."""
+    return [a / b for a, b in zip(ours, baseline, strict=True)]
+
+
+def spread(values: Sequence[float]) -> str:
+    """'min-max (n)' of per-round ratios: how much the figure moved between rounds."""
+    return f"{format_ratio(min(values))}-{format_ratio(max(values))} ({len(values)})"

@@ -8,7 +8,16 @@ from pathlib import Path
 from benchmarks.measure import Row, format_ratio
 from benchmarks.settings import Settings
 
-COLUMNS = ("benchmark", "figure (ours / baseline)", "ratio", "ours", "baseline", "target", "met")
+COLUMNS = (
+    "benchmark",
+    "figure (ours / baseline)",
+    "ratio",
+    "spread (min-max, rounds)",
+    "ours",
+    "baseline",
+    "target",
+    "met",
+)
 
 
 def verdict(row: Row) -> str:
@@ -22,6 +31,7 @@ def cells(row: Row) -> list[str]:
         row.benchmark,
         row.figure,
         format_ratio(row.ratio),
+        row.spread or "—",
         row.ours,
         row.baseline,
         row.target or "—",
@@ -55,6 +65,8 @@ def write_results(
     failures: dict[str, str],
     command: str,
     minutes: float,
+    sections: dict[str, str] | None = None,
+    load: str = "",
 ) -> None:
     met = [row for row in rows if row.met is True]
     not_met = [row for row in rows if row.met is False]
@@ -69,6 +81,7 @@ def write_results(
         "## Machine",
         "",
         *[f"- **{key}**: {value}" for key, value in machine.items()],
+        *([f"- **load** (1, 5, 15 min averages): {load}"] if load else []),
         "",
         "## Results",
         "",
@@ -84,6 +97,8 @@ def write_results(
     for row in rows:
         if row.note:
             parts.append(f"- **{row.benchmark}, {row.figure}** ({verdict(row)}): {row.note}")
+    for heading, text in (sections or {}).items():
+        parts += ["", f"## {heading}", "", text.strip()]
     analysis = path.parent / "ANALYSIS.md"
     if analysis.exists():
         parts += ["", "## Why targets were not met", "", analysis.read_text().strip()]

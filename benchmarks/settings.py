@@ -19,12 +19,13 @@ class Settings:
     width: int
     depth: int
     batch_size: int
-    repeats: int  # final checkpoint, restore, memory
+    repeats: int  # final checkpoint, scaling, restore, memory
     save_interval: float  # seconds of training between periodic checkpoints
     steady_repeats: int
     restarts: int  # supervisor: restarts measured per round
     idle_seconds: float  # supervisor: CPU measured over this long
     goodput_seconds: float  # goodput: uninterrupted training time
+    goodput_pairs: int  # goodput: pairs of runs (uninterrupted, preempted)
     preempt_every: float  # goodput: seconds from a launch to its SIGTERM
     min_training: float  # goodput: ...but never before this long of training
     max_preemptions: int  # goodput: then the job runs to its end
@@ -44,12 +45,13 @@ FULL = Settings(
     width=2048,
     depth=8,
     batch_size=8,
-    repeats=4,
+    repeats=5,
     save_interval=10.0,
     steady_repeats=4,
     restarts=30,
     idle_seconds=10.0,
-    goodput_seconds=60.0,
+    goodput_seconds=30.0,
+    goodput_pairs=3,
     preempt_every=20.0,
     min_training=2.0,
     max_preemptions=100,
@@ -66,6 +68,7 @@ QUICK = Settings(
     restarts=5,
     idle_seconds=1.0,
     goodput_seconds=3.0,
+    goodput_pairs=1,
     preempt_every=1.0,
     min_training=3.0,
     max_preemptions=1,

@@ -9,8 +9,8 @@ Modes:
   keras-save   time keras.callbacks.BackupAndRestore saves of the same model
   steady       training throughput: no checkpoints / ftharness / Keras's
                callback, in interleaved segments of the same process
-  memory       peak RSS (ru_maxrss) of a short training with or without one
-               checkpoint, in a fresh process
+  memory       peak RSS around one checkpoint (or at the same steps without
+               one) of a short training, in a fresh process
   goodput      a supervised training job; appends its own timestamps
 The model and its data are made here, never downloaded.
 """
@@ -143,21 +143,56 @@ def calibrate(settings: Settings, args) -> dict:
     return {"step_seconds": timer.median_step(skip=3), "state_bytes": state_bytes(model)}
 
 
+class MemcpyBaseline(keras.callbacks.Callback):
+    """Times a copy of the state's size between two preallocated, touched buffers
+    at the step before each periodic save: the baseline of that save's stall,
+    in the same process, next to it in time."""
+
+    def __init__(self, nbytes: int, save_freq: int) -> None:
+        super().__init__()
+        self.source = np.ones(nbytes, dtype=np.uint8)
+        self.target = np.zeros(nbytes, dtype=np.uint8)
+        self.save_freq = save_freq
+        self.seconds: list[float] = []
+        self.steps = 0
+
+    def on_train_batch_end(self, batch, logs=None) -> None:
+        self.steps += 1
+        if self.save_freq and (self.steps + 1) % self.save_freq == 0:
+            started = time.perf_counter()
+            np.copyto(self.target, self.source)
+            self.seconds.append(time.perf_counter() - started)
+
+
 def final(settings: Settings, args) -> dict:
-    """Train until a stop signal; ftharness commits the final checkpoint and exits 143."""
+    """Train until a stop signal; ftharness commits the final checkpoint and exits 143.
+
+    Under `ftharness supervise` (no --backup-dir) the supervisor's directory is used.
+    """
     model = build_model(settings)
     timer = StepTimer()
     callbacks = [
         ftharness.keras.BackupAndRestore(
-            backup_dir=args.backup_dir, save_freq=args.save_freq or False, keep=2
+            backup_dir=args.backup_dir or None, save_freq=args.save_freq or False, keep=2
         ),
         timer,
         TouchAfter(Path(args.ready), 4),
     ]
+    memcpy = None
+    if args.memcpy:
+        memcpy = MemcpyBaseline(state_bytes(model), args.save_freq)
+        callbacks.append(memcpy)
     try:
         fit(model, settings, make_data(settings, 64), callbacks, epochs=10**6)
     finally:
-        _write(args.out, {"step_seconds": timer.median_step(), "state_bytes": state_bytes(model)})
+        _write(
+            args.out,
+            {
+                "step_seconds": timer.median_step(),
+                "state_bytes": state_bytes(model),
+                "memcpy_seconds": memcpy.seconds if memcpy is not None else [],
+            },
+        )
     return {}
 
 
@@ -247,24 +282,63 @@ def _cpu_seconds() -> float:
 
 
 def memory(settings: Settings, args) -> dict:
-    """Peak RSS of 8 training steps, with one checkpoint (at step 5) or none.
+    """Peak RSS from the step before the checkpoint (step 5) to the end of training.
 
     The snapshot of step 5 is written while steps 6-8 train, as in real use.
+    The peak is reset at the end of step 4 (`PeakFrom`), in both kinds of
+    run: a process's lifetime peak (ru_maxrss) is set before that, by
+    TensorFlow's start and the first step's tracing, and is higher than a
+    checkpoint's, which it would hide (the difference would read 0).
     """
     model = build_model(settings)
     data = make_data(settings, 8)
     callback = ftharness.keras.BackupAndRestore(
         backup_dir=args.backup_dir, save_freq=5 if args.save else False
     )
-    rss_before = psutil.Process().memory_info().rss
+    peak = PeakFrom(step=4)
     commits = CommitLog()
-    fit(model, settings, data, [callback])
+    fit(model, settings, data, [peak, callback])
+    if peak.rss_at_reset is None:
+        raise RuntimeError("training ended before step 4: the peak was never reset")
     return {
-        "maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "rss_before_fit": rss_before,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "rss_at_reset": peak.rss_at_reset,
         "state_bytes": state_bytes(model),
         "checkpoints": commits.names,
     }
+
+
+class PeakFrom(keras.callbacks.Callback):
+    """Resets the process's peak RSS at the end of training step `step`.
+
+    Listed before ftharness's callback, so a save at that very step would be
+    counted after the reset.
+    """
+
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.step = step
+        self.rss_at_reset: int | None = None
+
+    def on_train_batch_end(self, batch, logs=None) -> None:
+        if batch + 1 == self.step:
+            reset_peak_rss()
+            self.rss_at_reset = psutil.Process().memory_info().rss
+
+
+def reset_peak_rss() -> None:
+    """Linux: the peak RSS ("VmHWM") becomes the current RSS (proc(5), clear_refs 5)."""
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+
+
+def peak_rss_bytes() -> int:
+    """The peak RSS since the last `reset_peak_rss()` (VmHWM, /proc/self/status)."""
+    status = Path("/proc/self/status").read_text()
+    match = re.search(r"^VmHWM:\s+(\d+) kB$", status, re.MULTILINE)
+    if match is None:
+        raise RuntimeError("/proc/self/status has no VmHWM line")
+    return int(match.group(1)) * 1024
 
 
 def goodput(settings: Settings, args) -> dict:
@@ -325,8 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save-freq", type=int, default=0)
     parser.add_argument("--saves", type=int, default=3)
     parser.add_argument("--save", action="store_true")
+    parser.add_argument("--memcpy", action="store_true", help="final: time the memcpy baseline")
     parser.add_argument("--work")
-    parser.add_argument("--configs", default="none,ftharness,keras,ftharness-sync")
+    parser.add_argument("--configs", default="none,ftharness,keras")
     parser.add_argument("--total-steps", type=int, default=100)
     parser.add_argument("--timeline")
     args = parser.parse_args(argv)

@@ -46,19 +46,54 @@ class ArrayEntry:
 def pack(
     named_arrays: Sequence[tuple[str, np.ndarray]],
 ) -> tuple[list[ArrayEntry], list[memoryview]]:
-    """The index and the byte chunks (no copies of contiguous arrays)."""
+    """The index and the byte chunks (no copies of contiguous arrays).
+
+    Arrays that lie one after the other in one buffer (a snapshot's
+    `SnapshotBuffers`) become one chunk: large, page-aligned writes.
+    """
     index = []
-    chunks = []
+    chunks: list[memoryview] = []
     offset = 0
+    run: tuple[np.ndarray, int, int] | None = None  # (owner, start, end) in owner's bytes
     for name, array in named_arrays:
         contiguous = np.ascontiguousarray(array)
-        view = memoryview(contiguous.reshape(-1).view(np.uint8))
         index.append(
             ArrayEntry(name, array.dtype.name, tuple(array.shape), offset, contiguous.nbytes)
         )
-        chunks.append(view)
         offset += contiguous.nbytes
+        place = _place_in_owner(contiguous)
+        if run is not None and place is not None and place[0] is run[0] and place[1] == run[2]:
+            run = (run[0], run[1], place[2])
+            continue
+        if run is not None:
+            chunks.append(_run_view(run))
+        if place is not None:
+            run = place
+        else:
+            run = None
+            chunks.append(memoryview(contiguous.reshape(-1).view(np.uint8)))
+    if run is not None:
+        chunks.append(_run_view(run))
     return index, chunks
+
+
+def _place_in_owner(array: np.ndarray) -> tuple[np.ndarray, int, int] | None:
+    """(owner, start, end): where `array`'s bytes lie in the flat uint8 NumPy array
+    that owns them, or None when it is not such a view (TensorFlow's memory)."""
+    owner = array
+    while isinstance(owner.base, np.ndarray):
+        owner = owner.base
+    if not (owner.flags.owndata and owner.ndim == 1 and owner.dtype == np.uint8):
+        return None
+    start = array.__array_interface__["data"][0] - owner.__array_interface__["data"][0]
+    if not 0 <= start <= owner.nbytes - array.nbytes:
+        return None
+    return owner, start, start + array.nbytes
+
+
+def _run_view(run: tuple[np.ndarray, int, int]) -> memoryview:
+    owner, start, end = run
+    return memoryview(owner[start:end])
 
 
 def unpack(index: Sequence[ArrayEntry], buffer: bytearray | bytes) -> list[np.ndarray]:

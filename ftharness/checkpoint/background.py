@@ -17,6 +17,18 @@ than skip because:
   saving (training at disk speed), which is visible in the log, instead of
   silently keeping older checkpoints than the user asked for.
 
+A write in flight can be abandoned (`abandon()`): the final checkpoint
+after a stop signal holds newer state than any periodic write still in
+flight, so finishing that write would only spend the grace period's disk
+bandwidth on a checkpoint that is superseded a moment later. The job's
+file data goes through `abandonable(chunks)`, which stops at the next piece
+(`WriteAbandoned`); the commit protocol then leaves at most a `.tmp-`
+directory, which is never loaded, and removes it on the writer thread while
+the final checkpoint is already being written. Once every byte of its data
+is handed to the kernel the write is nearly done (fsync, manifest, rename)
+and it is waited for: abandoning it then would still wait for its pages
+under writeback, and its commit must not run beside the next one's.
+
 Errors never get lost: a failed write is logged at once, and raised as
 `BackgroundWriteError` by the next `make_room()`, `submit()` or `wait()`
 (the next save, the final checkpoint, the end of training).
@@ -33,11 +45,14 @@ Example::
 
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+
+from ftharness.checkpoint.durable import PIECE_BYTES
 
 log = logging.getLogger("ftharness.checkpoint")
 
@@ -59,6 +74,23 @@ class BackgroundWriteError(RuntimeError):
 
     def __reduce__(self):
         return (type(self), (self.description, self.reason))
+
+
+class WriteAbandoned(Exception):
+    """Raised inside a write that `BackgroundWriter.abandon()` stopped; never committed."""
+
+    def __init__(self, description: str) -> None:
+        super().__init__(f"{description} was abandoned")
+        self.description = description
+
+
+class AbandonOutcome(enum.Enum):
+    """What became of the write in flight when `abandon()` was called."""
+
+    NOTHING_IN_FLIGHT = "nothing in flight"
+    ABANDONED = "abandoned"  # stopped before its commit: only a temporary was left
+    FINISHED = "finished"  # past its last piece: it committed
+    FAILED = "failed"  # it failed on its own (logged when it happened)
 
 
 class WriterBusyError(RuntimeError):
@@ -86,6 +118,10 @@ class BackgroundWriter:
         self._description = ""
         self._error: BaseException | None = None
         self._failed_description = ""
+        self._control = _Control()  # the running job's: abandon() talks to it
+        # Abandoned writes still removing their temporary directory: they run
+        # beside the next write (they only delete their own files).
+        self._cleaning: list[threading.Thread] = []
 
     @property
     def in_flight(self) -> str | None:
@@ -100,12 +136,13 @@ class BackgroundWriter:
             raise WriterBusyError(f"{self._description} is still being written")
         self._raise_pending_error()
         self._description = description
+        self._control = control = _Control()
         # Not a daemon: if the training script ends abruptly (an exception
         # out of fit()), the interpreter finishes this commit before exiting
         # rather than abandoning it half-written. A SIGKILL still can, which
         # the commit protocol makes harmless.
         self._thread = threading.Thread(
-            target=self._run, args=(job, description), name=self._name, daemon=False
+            target=self._run, args=(job, description, control), name=self._name, daemon=False
         )
         self._thread.start()
 
@@ -122,9 +159,58 @@ class BackgroundWriter:
         if thread is not None:
             thread.join()
             self._thread = None
+        while self._cleaning:
+            self._cleaning.pop().join()
         waited = time.monotonic() - started
         self._raise_pending_error()
         return waited
+
+    def abandonable(self, chunks: Iterable[bytes | memoryview]) -> Iterator[memoryview]:
+        """`chunks` as byte pieces of at most PIECE_BYTES (no copies), raising
+        `WriteAbandoned` before the next piece once `abandon()` was called."""
+        control = self._control  # at the first piece: the job writing it
+        for chunk in chunks:
+            view = memoryview(chunk).cast("B")
+            for start in range(0, len(view), PIECE_BYTES):
+                if control.abandon.is_set():
+                    control.abandoned = True
+                    control.stopped.set()
+                    raise WriteAbandoned(self._description)
+                yield view[start : start + PIECE_BYTES]
+
+    def abandon(self) -> AbandonOutcome:
+        """Stop the write in flight at its next piece; return once it writes no more.
+
+        A write stopped so is never committed and raises nothing later; it
+        removes its temporary directory on its thread, beside the caller's
+        next write (`wait()` waits for that too). A write already past its
+        last piece is waited for to its end: its commit (manifest, rename,
+        retention) must not run beside the next one's. A write that failed on
+        its own was logged when it failed and is not raised again: the caller
+        is about to write newer state.
+        """
+        thread = self._thread
+        if thread is None:
+            return AbandonOutcome.NOTHING_IN_FLIGHT
+        control, description = self._control, self._description
+        started = time.monotonic()
+        control.abandon.set()
+        control.stopped.wait()
+        self._thread = None
+        if control.abandoned:
+            outcome = AbandonOutcome.ABANDONED
+            self._cleaning.append(thread)
+        else:
+            thread.join()
+            error, self._error = self._error, None
+            outcome = AbandonOutcome.FINISHED if error is None else AbandonOutcome.FAILED
+        log.info(
+            "the background write of %s was %s for the final checkpoint (%.3f s)",
+            description,
+            "abandoned" if outcome is AbandonOutcome.ABANDONED else f"{outcome.value}, waited",
+            time.monotonic() - started,
+        )
+        return outcome
 
     def make_room(self) -> float:
         """`wait()` before taking the next snapshot; warns when that blocked long.
@@ -147,9 +233,11 @@ class BackgroundWriter:
                     description,
                 )
 
-    def _run(self, job: Callable[[], object], description: str) -> None:
+    def _run(self, job: Callable[[], object], description: str, control: _Control) -> None:
         try:
             job()
+        except WriteAbandoned:
+            pass  # asked for (abandon()): not an error
         except BaseException as error:
             # Logged now, with its traceback as text, then kept without
             # tracebacks: their frames hold the job, and so the snapshot, and
@@ -163,6 +251,8 @@ class BackgroundWriter:
             _drop_tracebacks(error)
             self._failed_description = description
             self._error = error
+        finally:
+            control.stopped.set()
 
     def _raise_pending_error(self) -> None:
         error, self._error = self._error, None
@@ -170,6 +260,15 @@ class BackgroundWriter:
             raise BackgroundWriteError(
                 self._failed_description, str(error) or type(error).__name__
             ) from error
+
+
+class _Control:
+    """Between `abandon()` and one job's `abandonable()` stream."""
+
+    def __init__(self) -> None:
+        self.abandon = threading.Event()  # asked to stop
+        self.stopped = threading.Event()  # it writes no more: stopped, or ended
+        self.abandoned = False  # it stopped because asked (before its commit)
 
 
 def _drop_tracebacks(error: BaseException) -> None:

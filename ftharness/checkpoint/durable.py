@@ -10,6 +10,8 @@ checkpoint. Compared with `write(); fsync()` of the whole file it:
   the page cache (Linux `sync_file_range(SYNC_FILE_RANGE_WRITE)`, a hint that
   waits for nothing), so the disk works while we copy the next pieces and the
   final `fsync` only waits for the tail.
+- writes page-aligned pieces of at least 1 MiB (a periodic snapshot's
+  buffer) with O_DIRECT, from that memory straight to the disk.
 The durability contract is unchanged: the file is complete on disk when
 `fsync` returns, and only then; `sync_file_range` alone guarantees nothing
 and is used only to start the work earlier.
@@ -19,10 +21,13 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import logging
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+import numpy as np
 
 from ftharness.checkpoint.checksum import crc32
 
@@ -58,13 +63,25 @@ def write_durable(path: Path, chunks: Iterable[bytes | memoryview]) -> tuple[int
     writeback_from = 0
     writeback = _sync_file_range
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    direct = _DirectWriter(path)
     try:
         for piece in _pieces(chunks):
             crc = crc32(piece, crc)
+            aligned = direct.aligned_length(piece, size + pending_bytes)
+            if aligned:
+                if pending:
+                    _write_all(fd, pending, size)
+                    size += pending_bytes
+                    pending, pending_bytes = [], 0
+                if direct.write(piece[:aligned], size):
+                    size += aligned
+                    piece = piece[aligned:]
+                if not piece:
+                    continue
             pending.append(piece)
             pending_bytes += len(piece)
             if pending_bytes >= PIECE_BYTES or len(pending) >= _IOV_MAX:
-                _write_all(fd, pending)
+                _write_all(fd, pending, size)
                 size += pending_bytes
                 pending, pending_bytes = [], 0
                 if writeback is not None and writeback(
@@ -73,12 +90,72 @@ def write_durable(path: Path, chunks: Iterable[bytes | memoryview]) -> tuple[int
                     writeback = None  # unsupported here (some file systems): fsync suffices
                 writeback_from = size
         if pending:
-            _write_all(fd, pending)
+            _write_all(fd, pending, size)
             size += pending_bytes
-        os.fsync(fd)
+        os.fsync(fd)  # also what the direct writes left in the disk's cache, and the size
     finally:
+        direct.close()
         os.close(fd)
     return size, crc
+
+
+# Direct I/O (O_DIRECT) needs the memory, the file offset and the length
+# aligned to the device's block size; 4096 covers the usual 512 and 4096.
+DIRECT_ALIGNMENT = 4096
+# Smaller pieces go through the page cache: not worth a synchronous device write.
+DIRECT_MIN_BYTES = 1024 * 1024
+
+
+class _DirectWriter:
+    """Writes page-aligned pieces of a file with O_DIRECT, beside the buffered fd.
+
+    A periodic snapshot lives in one page-aligned buffer (state.SnapshotBuffers):
+    written directly, its bytes go from that memory to the disk without the
+    kernel's copy into the page cache (measured here: a tenth of a second of
+    CPU per 400 MB, that training gets back) and without filling the cache.
+    Where O_DIRECT is refused (tmpfs, an alignment this file system does not
+    accept), everything goes through the page cache as before.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._fd: int | None = None
+        flag = getattr(os, "O_DIRECT", 0)
+        if flag:
+            try:
+                self._fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | flag)
+            except OSError:
+                self._fd = None
+
+    def aligned_length(self, piece: memoryview, offset: int) -> int:
+        """How many leading bytes of `piece`, at file `offset`, can be written directly."""
+        if self._fd is None or offset % DIRECT_ALIGNMENT or len(piece) < DIRECT_MIN_BYTES:
+            return 0
+        if _address(piece) % DIRECT_ALIGNMENT:
+            return 0
+        return len(piece) - len(piece) % DIRECT_ALIGNMENT
+
+    def write(self, piece: memoryview, offset: int) -> bool:
+        """Write `piece` at `offset`; False (and buffered from now on) if refused."""
+        view = piece
+        try:
+            while view:
+                view = view[os.pwrite(self._fd, view, offset + len(piece) - len(view)) :]
+        except OSError as error:
+            if error.errno != errno.EINVAL or len(view) != len(piece):
+                raise
+            log.debug("direct I/O refused for %s: %s; writing through the page cache", piece, error)
+            self.close()
+            return False
+        return True
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _address(view: memoryview) -> int:
+    return np.frombuffer(view, dtype=np.uint8).ctypes.data if len(view) else 0
 
 
 def _pieces(chunks: Iterable[bytes | memoryview]) -> Iterator[memoryview]:
@@ -89,13 +166,15 @@ def _pieces(chunks: Iterable[bytes | memoryview]) -> Iterator[memoryview]:
             yield view[start : start + PIECE_BYTES]
 
 
-def _write_all(fd: int, views: list[memoryview]) -> None:
-    written = os.writev(fd, views) if len(views) > 1 else os.write(fd, views[0])
+def _write_all(fd: int, views: list[memoryview], offset: int) -> None:
+    many = len(views) > 1
+    written = os.pwritev(fd, views, offset) if many else os.pwrite(fd, views[0], offset)
     total = sum(len(view) for view in views)
     if written == total:
         return
     # A short write (a signal, a nearly full disk): finish piece by piece, so
     # that a real error (ENOSPC) is raised by the write that hits it.
+    position = offset + written
     for view in views:
         if written >= len(view):
             written -= len(view)
@@ -103,4 +182,6 @@ def _write_all(fd: int, views: list[memoryview]) -> None:
         remaining = view[written:]
         written = 0
         while remaining:
-            remaining = remaining[os.write(fd, remaining) :]
+            count = os.pwrite(fd, remaining, position)
+            remaining = remaining[count:]
+            position += count

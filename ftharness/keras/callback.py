@@ -15,7 +15,11 @@ from collections.abc import Sequence
 
 import keras
 
-from ftharness.checkpoint.background import BackgroundWriteError, BackgroundWriter
+from ftharness.checkpoint.background import (
+    AbandonOutcome,
+    BackgroundWriteError,
+    BackgroundWriter,
+)
 from ftharness.checkpoint.manifest import checkpoint_name
 from ftharness.config import WorkerEnvironment
 from ftharness.keras import (
@@ -174,6 +178,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         self._guard: _internals.FitExitGuard | None = None  # while a fit() runs
         self._session: WorkerSession | None = None
         self._writer = BackgroundWriter()
+        self._snapshot_buffers = state.SnapshotBuffers()  # periodic snapshots' memory
         self._reset_for_fit()
 
     def _reset_for_fit(self) -> None:
@@ -303,7 +308,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         # a crash after fit() (in evaluation, in model.save) resumes there
         # and trains nothing again.
         if not removed_now:
-            self._save()  # a no-op if this step is saved already
+            self._save(training_ends=True)  # a no-op if this step is saved already
         # The last checkpoint is committed (or its error raised) before the
         # backup is removed or the directory's lock is released.
         try:
@@ -331,6 +336,7 @@ class BackupAndRestore(keras.callbacks.Callback):
             log.info("fit() ended by %s; the checkpoints stay", type(error).__name__)
 
     def _release_fit(self) -> None:
+        self._snapshot_buffers.release()  # no write in flight: the callers waited
         if self._train_function is not None:
             self._train_function.remove()
             self._train_function = None
@@ -367,33 +373,40 @@ class BackupAndRestore(keras.callbacks.Callback):
             and self._position.step % self.save_freq == 0
         )
 
-    def _save(self) -> None:
-        """Snapshot the state into host memory; commit it in the background.
+    def _save(self, *, training_ends: bool = False) -> None:
+        """Capture the state and commit it: in the background, or before returning.
 
-        Training waits only for the snapshot. With a stop signal pending this
-        is the final checkpoint, committed before `_save` returns.
+        A periodic checkpoint copies the arrays once, into host buffers reused
+        from save to save (`state.SnapshotBuffers`), and is committed in the
+        background while training goes on. A save committed before training
+        goes on (the final checkpoint after a stop signal, the end of
+        training, `async_save=False`) copies nothing: it writes straight from
+        the variables' own memory (`state.capture_views`).
         """
         final = self._session.flags.stop_signal is not None
-        # One snapshot in memory at a time: the previous write is committed
-        # (or failed) before the next snapshot is taken. Why we wait rather
-        # than skip: ftharness.checkpoint.background.
-        try:
-            self._writer.make_room()
-        except BackgroundWriteError as error:
-            self._last_saved_step = None  # that write never committed
-            if not final:
+        if final:
+            self._settle_write_in_flight_for_final()
+        else:
+            # One write in flight at a time: the previous write is committed
+            # (or failed) before the next snapshot is taken. Why we wait
+            # rather than skip: ftharness.checkpoint.background.
+            try:
+                self._writer.make_room()
+            except BackgroundWriteError:
+                self._last_saved_step = None  # that write never committed
                 raise
-            # The final checkpoint holds newer state than the lost one: write it.
-            log.error("%s; writing the final checkpoint anyway", error)
         if self._last_saved_step == self._position.step:
             return  # already committed (or being committed) at this very boundary
+        synchronous = final or training_ends or not self.async_save
         stall_started = time.monotonic()
         position = self._position
-        # Everything mutable is copied here, on the training thread: the
-        # arrays (real copies: later steps cannot touch them) and the other
-        # callbacks' states (serialised to JSON bytes by to_files()). The
-        # writer thread then only reads this private copy.
-        files = self._capture(position).to_files()
+        # Everything mutable is captured here, on the training thread: the
+        # arrays (views for a synchronous save, else a copy that later steps
+        # cannot touch) and the other callbacks' states (serialised to JSON
+        # bytes by to_files()). The writer thread then only reads them.
+        files = self._capture(position, views=synchronous).to_files()
+        if not synchronous:  # a periodic write can be abandoned for a final checkpoint
+            files[state.ARRAYS_FILE] = self._writer.abandonable(files[state.ARRAYS_FILE])
         stalled = time.monotonic() - stall_started
         session = self._session
 
@@ -414,16 +427,44 @@ class BackupAndRestore(keras.callbacks.Callback):
 
         self._last_saved_step = position.step
         self._writer.submit(commit, checkpoint_name(position.step))
-        if final or not self.async_save:
+        if synchronous:
             try:
                 self._writer.wait()
             except BackgroundWriteError:
                 self._last_saved_step = None
                 raise
 
-    def _capture(self, position: Position) -> TrainingState:
-        """Everything a resume needs, copied on the training thread."""
-        arrays = state.capture_arrays(self.model)
+    def _settle_write_in_flight_for_final(self) -> None:
+        """Before the final checkpoint: abandon an older write in flight, wait for this one.
+
+        An older periodic write would only be superseded by the final
+        checkpoint a moment later; finishing it would spend the grace period
+        on it. Abandoned, it leaves at most a `.tmp-` directory, never
+        loaded; the committed checkpoints are untouched. A write of this very
+        step (the signal came at a periodic save's boundary) is the final
+        checkpoint: it is waited for.
+        """
+        in_flight = self._writer.in_flight
+        older = in_flight is not None and in_flight != checkpoint_name(self._position.step)
+        try:
+            if older:
+                # Returns once it writes no more; it removes its temporary
+                # directory beside the final write.
+                if self._writer.abandon() is not AbandonOutcome.FINISHED:
+                    self._last_saved_step = None
+            else:
+                self._writer.wait()
+        except BackgroundWriteError as error:
+            self._last_saved_step = None  # that write never committed
+            # The final checkpoint holds newer state than the lost one: write it.
+            log.error("%s; writing the final checkpoint anyway", error)
+
+    def _capture(self, position: Position, *, views: bool) -> TrainingState:
+        """Everything a resume needs, captured on the training thread."""
+        if views:
+            arrays = state.capture_views(self.model)
+        else:
+            arrays = self._snapshot_buffers.capture(self.model)
         callback_entries, callback_arrays = callback_states.capture(self._saved_callbacks)
         arrays.update(callback_arrays)
         return TrainingState(

@@ -9,11 +9,14 @@ callbacks' states) is plain JSON.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from ftharness.checkpoint import arrays
 from ftharness.checkpoint.arrays import ArrayEntry
@@ -48,9 +51,12 @@ class Position:
 class TrainingState:
     """Everything a resume needs; the one schema of a checkpoint's `state.json`.
 
-    Built on the training thread (`capture` in the callback: the arrays are
-    real copies, the rest plain JSON), so it is safe to write in the
-    background; read back with `from_files`, which also reads format 1.
+    Built on the training thread (`capture` in the callback: the rest is
+    plain JSON). Its arrays are either a copy in `SnapshotBuffers` (a
+    periodic checkpoint written while training goes on) or views of the
+    variables themselves (`capture_views`: a save committed before training
+    goes on); both give the same bytes. Read back with `from_files`, which
+    also reads format 1.
     """
 
     position: Position
@@ -142,13 +148,158 @@ def named(variables: list) -> list[tuple[str, object]]:
     return [(variable.path, variable) for variable in variables]
 
 
-def capture_arrays(model: keras.Model) -> dict[str, list[tuple[str, np.ndarray]]]:
-    return {
-        GROUP_TRAINING: [
-            (name, np.array(v.numpy())) for name, v in named(training_variables(model))
-        ],
-        GROUP_METRICS: [(name, np.array(v.numpy())) for name, v in named(metric_variables(model))],
-    }
+def host_views(variables: list) -> list[np.ndarray]:
+    """Read-only host arrays of the variables' current values, without copying on CPU.
+
+    TensorFlow's CPU tensors give NumPy their own buffer (`np.asarray` of a
+    read of the variable: measured, the same address on every read); on a
+    GPU the read is one device-to-host copy. A view stays what it was when
+    taken even if training goes on: a resource variable updated while a read
+    of it is alive writes a new buffer (copy-on-write). Only the saves that
+    commit before training goes on use views, so that cost never arises.
+    """
+    views = []
+    for variable in variables:
+        value = getattr(variable, "value", variable)
+        if isinstance(value, tf.Variable):
+            array = np.asarray(tf.convert_to_tensor(value))
+        else:  # not TensorFlow's: one copy
+            array = np.asarray(keras.ops.convert_to_numpy(value))
+        array = array.view()
+        array.flags.writeable = False  # TensorFlow's own memory: never written through
+        views.append(array)
+    return views
+
+
+def capture_views(model: keras.Model) -> dict[str, list[tuple[str, np.ndarray]]]:
+    """The model's arrays as views of its variables: for a save committed before
+    training goes on (the final checkpoint, the end of training, a synchronous save)."""
+    return {group: list(zip(names, views, strict=True)) for group, names, views in _groups(model)}
+
+
+def _groups(model: keras.Model):
+    for group, variables in (
+        (GROUP_TRAINING, training_variables(model)),
+        (GROUP_METRICS, metric_variables(model)),
+    ):
+        yield group, [variable.path for variable in variables], host_views(variables)
+
+
+class SnapshotBuffers:
+    """Host memory for periodic snapshots, allocated once and reused.
+
+    A periodic checkpoint is written while training goes on, so its arrays
+    must be a copy; this is that copy, made once per save into one buffer
+    laid out as `arrays.bin` (every array at its offset in the file), which
+    is allocated at the first save and reused for as long as the layout
+    (names, shapes, dtypes) stays: no allocation, no page faults per save.
+    The copy runs on `threads` threads over equal byte ranges (NumPy copies
+    without the GIL): training is stalled for it, and its cores are idle.
+
+    One set of buffers is enough because a snapshot is only taken once the
+    previous write is committed (`BackgroundWriter.make_room`): the buffer is
+    never read by a write in flight when it is overwritten.
+    """
+
+    def __init__(self, threads: int | None = None) -> None:
+        self._threads = max(1, min(threads or os.cpu_count() or 1, _MAX_COPY_THREADS))
+        self._layout: list[tuple[str, str, tuple[str, tuple[int, ...]]]] = []
+        self._buffer: np.ndarray | None = None
+        self._owner: np.ndarray | None = None
+        self._slots: list[np.ndarray] = []
+        self._pool: ThreadPoolExecutor | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self._buffer is None else self._buffer.nbytes
+
+    def capture(self, model: keras.Model) -> dict[str, list[tuple[str, np.ndarray]]]:
+        """A copy of the model's arrays in the buffers (valid until the next capture)."""
+        groups = list(_groups(model))
+        layout = [
+            (group, name, (view.dtype.str, view.shape))
+            for group, names, views in groups
+            for name, view in zip(names, views, strict=True)
+        ]
+        sources = [view for _, _, views in groups for view in views]
+        if layout != self._layout:
+            self._allocate(layout, sources)
+        self._copy(sources)
+        captured: dict[str, list[tuple[str, np.ndarray]]] = {group: [] for group, _, _ in groups}
+        for (group, name, _), slot in zip(self._layout, self._slots, strict=True):
+            captured[group].append((name, slot))
+        return captured
+
+    def release(self) -> None:
+        """Give the memory back (the end of a fit())."""
+        self._layout, self._buffer, self._slots = [], None, []
+        self._owner: np.ndarray | None = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+
+    def _allocate(self, layout, sources: list[np.ndarray]) -> None:
+        self.release()
+        total = sum(view.nbytes for view in sources)
+        # Page-aligned, so that the writer can hand it to the disk directly
+        # (O_DIRECT: checkpoint.durable); the slots follow one another.
+        raw = np.empty(total + _PAGE, dtype=np.uint8)
+        skip = -raw.__array_interface__["data"][0] % _PAGE
+        self._owner = raw
+        self._buffer = raw[skip : skip + total]
+        offset = 0
+        for view in sources:
+            raw = self._buffer[offset : offset + view.nbytes]
+            self._slots.append(raw.view(view.dtype).reshape(view.shape))
+            offset += view.nbytes
+        self._layout = layout
+
+    def _copy(self, sources: list[np.ndarray]) -> None:
+        pairs = [
+            (slot.reshape(-1).view(np.uint8), np.ascontiguousarray(view).reshape(-1).view(np.uint8))
+            for slot, view in zip(self._slots, sources, strict=True)
+        ]
+        ranges = _split(pairs, self._threads)
+        if len(ranges) == 1:
+            _copy_range(ranges[0])
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="ftharness-snapshot")
+        for future in [self._pool.submit(_copy_range, part) for part in ranges]:
+            future.result()
+
+
+_PAGE = 4096
+# Memory bandwidth is saturated by a few threads; more only compete with others.
+_MAX_COPY_THREADS = 4
+# Below this a copy is not worth splitting between threads.
+_SPLIT_BYTES = 16 * 1024 * 1024
+
+
+def _split(pairs, parts: int) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    """`pairs` (destination, source byte arrays) cut into `parts` equal byte ranges."""
+    total = sum(len(source) for _, source in pairs)
+    if parts == 1 or total < _SPLIT_BYTES:
+        return [pairs]
+    share = -(-total // parts)
+    ranges: list[list[tuple[np.ndarray, np.ndarray]]] = [[]]
+    room = share
+    for destination, source in pairs:
+        start = 0
+        while start < len(source):
+            take = min(room, len(source) - start)
+            ranges[-1].append((destination[start : start + take], source[start : start + take]))
+            start += take
+            room -= take
+            if room == 0:  # the next range (the last one takes any rounding rest)
+                ranges.append([])
+                room = share if len(ranges) < parts else total
+    return [part for part in ranges if part]
+
+
+def _copy_range(pairs) -> None:
+    for destination, source in pairs:
+        np.copyto(destination, source)
 
 
 def check_compatible(

@@ -98,7 +98,7 @@ def test_async_run_writes_the_same_checkpoints_as_a_synchronous_one(tmp_path, sy
             assert ours == theirs, f"{name} of step {step} differs"
 
 
-def test_sigterm_during_a_background_write_commits_it_then_the_final_one(
+def test_sigterm_during_a_background_write_abandons_it_for_the_final_one(
     supervise, tmp_path, sync_reference
 ):
     backup, report, batches, marker = (
@@ -123,10 +123,16 @@ def test_sigterm_during_a_background_write_commits_it_then_the_final_one(
     assert first.wait(60) == ExitCode.PREEMPTED
     trained = len(batch_log(batches))
     assert 25 < trained < TOTAL_BATCHES
-    # The write in flight was finished, not abandoned, and the final
-    # checkpoint holds the newest state.
-    assert committed_steps(backup) == [25, trained]
+    # The write in flight (older state) was abandoned, never committed, its
+    # temporary removed; the committed checkpoints before it were untouched,
+    # and the final checkpoint holds the newest state.
+    assert "the background write of ckpt-000000000025 was abandoned" in first.log
+    assert "BackgroundWriteError" not in first.log
+    assert committed_steps(backup) == [20, trained]
     assert temporaries(backup) == []
+    assert (
+        LocalCheckpointStore(backup).verify(LocalCheckpointStore(backup).list_committed()[0]) == []
+    )
 
     second = supervise(
         ["--backup-dir", str(backup), "--", *worker_command("--report", str(report))],

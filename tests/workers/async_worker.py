@@ -1,9 +1,11 @@
 """examples/train.py with faults injected into background checkpoint writes.
 
 On the first attempt only (FTHARNESS_ATTEMPT unset or 1), for checkpoint N:
-  SLOW_WRITE_AT_STEP=N        the writer thread writes half of arrays.bin,
-  SLOW_WRITE_SECONDS=S        touches STALLED_MARKER, sleeps S seconds (or
-  STALLED_MARKER=PATH         forever with S = "forever"), then finishes
+  SLOW_WRITE_AT_STEP=N        the writer thread writes the first piece of
+  SLOW_WRITE_SECONDS=S        arrays.bin, touches STALLED_MARKER, stalls S
+  STALLED_MARKER=PATH         seconds (or forever with S = "forever"), then
+                              writes the rest, piece by piece as the real
+                              write takes them (a disk that stalled)
   FAIL_WRITE_AT_STEP=N        the write of arrays.bin fails with ENOSPC
 The thread that wrote is named in STALLED_MARKER, so tests can check that
 the write ran off the training thread. WORKER_PID_FILE: write our pid there.
@@ -12,6 +14,7 @@ the write ran off the training thread. WORKER_PID_FILE: write our pid there.
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import sys
 import threading
@@ -46,14 +49,14 @@ def faulty_write(path: Path, chunks):
     if doomed(path, "FAIL_WRITE_AT_STEP"):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
     if doomed(path, "SLOW_WRITE_AT_STEP"):
-        chunks = list(chunks)
-        half = len(chunks) // 2
-        with open(path, "wb") as file:  # half the data is on disk, uncommitted
-            for chunk in chunks[:half]:
-                file.write(chunk)
+        pieces = iter(chunks)  # taken lazily, as the real write does
+        first = next(pieces)
+        with open(path, "wb") as file:  # part of the data is on disk, uncommitted
+            file.write(first)
         Path(os.environ["STALLED_MARKER"]).write_text(threading.current_thread().name)
         seconds = os.environ.get("SLOW_WRITE_SECONDS", "forever")
         time.sleep(3600 if seconds == "forever" else float(seconds))
+        chunks = itertools.chain([first], pieces)
     return write_file(path, chunks)
 
 

@@ -1,4 +1,4 @@
-"""BackgroundWriter: one write at a time, errors surface later, memory freed."""
+"""BackgroundWriter: one write at a time, errors surface later, memory freed, abandon."""
 
 from __future__ import annotations
 
@@ -7,15 +7,19 @@ import gc
 import logging
 import pickle
 import threading
+import time
 import weakref
 
 import pytest
 
 from ftharness.checkpoint.background import (
+    AbandonOutcome,
     BackgroundWriteError,
     BackgroundWriter,
+    WriteAbandoned,
     WriterBusyError,
 )
+from ftharness.checkpoint.durable import PIECE_BYTES
 
 
 class Gate:
@@ -154,3 +158,120 @@ def test_the_error_pickles_with_its_facts():
 
 def test_wait_with_nothing_in_flight_returns_at_once():
     assert BackgroundWriter().wait() < 0.1
+
+
+# -- abandoning a write for the final checkpoint --------------------------------
+
+
+class Disk:
+    """A job that writes `abandonable` pieces into a list, pausing after the first."""
+
+    def __init__(self, writer: BackgroundWriter, data: bytes) -> None:
+        self.writer = writer
+        self.data = data
+        self.written: list[bytes] = []
+        self.paused = threading.Event()
+        self.resume = threading.Event()
+
+    def __call__(self) -> None:
+        for piece in self.writer.abandonable([memoryview(self.data)]):
+            self.written.append(bytes(piece))
+            if len(self.written) == 1:
+                self.paused.set()
+                assert self.resume.wait(30)
+
+
+def test_abandonable_gives_the_bytes_in_pieces_without_copies():
+    writer = BackgroundWriter()
+    data = bytes(range(256)) * (PIECE_BYTES // 128 + 3)  # two pieces and a bit
+    pieces = list(writer.abandonable([data, b"tail"]))
+    assert [len(piece) for piece in pieces] == [
+        PIECE_BYTES,
+        PIECE_BYTES,
+        len(data) % PIECE_BYTES,
+        4,
+    ]
+    assert b"".join(pieces) == data + b"tail"
+    assert pieces[0].obj is data  # a view of the caller's bytes
+
+
+def test_abandon_stops_the_write_at_its_next_piece_and_raises_nothing_later(caplog):
+    writer = BackgroundWriter()
+    disk = Disk(writer, bytes(3 * PIECE_BYTES))
+    writer.submit(disk, "ckpt-25")
+    assert disk.paused.wait(10)
+    threading.Timer(0.1, disk.resume.set).start()
+    with caplog.at_level(logging.INFO, logger="ftharness.checkpoint"):
+        assert writer.abandon() is AbandonOutcome.ABANDONED
+    assert len(disk.written) == 1  # nothing written after the abandon
+    assert writer.in_flight is None
+    assert "the background write of ckpt-25 was abandoned" in caplog.text
+    assert "failed" not in caplog.text
+    writer.wait()  # no pending error
+    writer.submit(lambda: None, "ckpt-30")  # and the writer is usable again
+    writer.wait()
+
+
+def test_a_write_past_its_last_piece_finishes_when_abandoned():
+    writer = BackgroundWriter()
+    gate = Gate()  # a job with no pieces left: the manifest, the rename
+    writer.submit(gate, "ckpt-25")
+    assert gate.started.wait(10)
+    threading.Timer(0.1, gate.opened.set).start()
+    assert writer.abandon() is AbandonOutcome.FINISHED
+    assert gate.opened.is_set()
+
+
+def test_a_write_that_failed_by_itself_is_not_raised_again_after_abandon(caplog):
+    writer = BackgroundWriter()
+    writer.submit(lambda: 1 / 0, "ckpt-5")
+    writer._thread.join()
+    with caplog.at_level(logging.INFO, logger="ftharness.checkpoint"):
+        assert writer.abandon() is AbandonOutcome.FAILED
+    assert "writing ckpt-5 in the background failed" in caplog.text  # logged when it failed
+    writer.wait()
+
+
+def test_abandon_with_nothing_in_flight():
+    writer = BackgroundWriter()
+    assert writer.abandon() is AbandonOutcome.NOTHING_IN_FLIGHT
+    writer.submit(lambda: None, "ckpt-1")
+    writer.wait()
+    assert writer.abandon() is AbandonOutcome.NOTHING_IN_FLIGHT
+
+
+def test_the_next_write_is_not_abandoned_by_an_earlier_abandon():
+    writer = BackgroundWriter()
+    disk = Disk(writer, bytes(2 * PIECE_BYTES))
+    disk.resume.set()
+    writer.abandon()
+    writer.submit(disk, "ckpt-1")
+    writer.wait()
+    assert b"".join(disk.written) == disk.data
+
+
+def test_an_abandoned_write_cleans_up_beside_the_next_write_and_wait_waits_for_it():
+    writer = BackgroundWriter()
+    paused, cleaning, cleaned = threading.Event(), threading.Event(), threading.Event()
+
+    def write() -> None:
+        try:
+            for _ in writer.abandonable([bytes(3 * PIECE_BYTES)]):
+                paused.set()
+                time.sleep(0.01)
+        except WriteAbandoned:
+            cleaning.set()  # removing its temporary directory, slowly
+            assert cleaned.wait(30)
+            raise
+
+    writer.submit(write, "ckpt-25")
+    assert paused.wait(10)
+    assert writer.abandon() is AbandonOutcome.ABANDONED
+    assert cleaning.wait(10)
+    assert writer.in_flight is None
+    final = threading.Event()
+    writer.submit(final.set, "ckpt-27")  # the final write does not wait for the cleanup
+    assert final.wait(10)
+    threading.Timer(0.2, cleaned.set).start()
+    writer.wait()
+    assert cleaned.is_set()  # wait() returned only once the cleanup was done

@@ -1,8 +1,10 @@
-"""write_durable: the bytes, size and CRC-32 of every kind of chunk list."""
+"""write_durable: the bytes, size and CRC-32 of every kind of chunk list; direct I/O."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import mmap
 import os
 import resource
 import zlib
@@ -11,7 +13,12 @@ import numpy as np
 import pytest
 
 from ftharness.checkpoint import checksum
-from ftharness.checkpoint.durable import PIECE_BYTES, write_durable
+from ftharness.checkpoint.durable import (
+    DIRECT_ALIGNMENT,
+    DIRECT_MIN_BYTES,
+    PIECE_BYTES,
+    write_durable,
+)
 
 
 def expected(chunks) -> tuple[bytes, int]:
@@ -80,3 +87,62 @@ def test_the_fast_crc_is_zlibs_bit_for_bit():
     for start in range(0, len(data), 65_537):
         incremental = checksum.crc32(memoryview(data)[start : start + 65_537], incremental)
     assert incremental == zlib.crc32(data)
+
+
+def aligned_buffer(size: int, seed: int = 2) -> np.ndarray:
+    raw = np.empty(size + DIRECT_ALIGNMENT, dtype=np.uint8)
+    skip = -raw.ctypes.data % DIRECT_ALIGNMENT
+    buffer = raw[skip : skip + size]
+    buffer[:] = np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8)
+    return buffer
+
+
+def resident_pages(path) -> int:
+    """Pages of `path` in the page cache (mincore of a read-only mapping)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    size = os.path.getsize(path)
+    with open(path, "rb") as file, mmap.mmap(file.fileno(), size, prot=mmap.PROT_READ) as mapped:
+        pages = -(-size // mmap.PAGESIZE)
+        vector = (ctypes.c_ubyte * pages)()
+        view = np.frombuffer(mapped, dtype=np.uint8)
+        status = libc.mincore(view.ctypes.data, size, vector)
+        del view  # before the mapping closes
+        assert status == 0, ctypes.get_errno()
+        return sum(byte & 1 for byte in vector)
+
+
+def direct_io_works(directory) -> bool:
+    try:
+        fd = os.open(directory / "probe", os.O_WRONLY | os.O_CREAT | os.O_DIRECT)
+    except (OSError, AttributeError):
+        return False
+    os.close(fd)
+    return True
+
+
+@pytest.mark.parametrize("tail", [0, 123])
+def test_page_aligned_pieces_among_others_give_the_same_file(tmp_path, tail):
+    big = aligned_buffer(2 * PIECE_BYTES + 5 * DIRECT_ALIGNMENT + tail)
+    chunks = [memoryview(big), b"after", memoryview(aligned_buffer(DIRECT_MIN_BYTES, seed=3))]
+    path = tmp_path / "file.bin"
+    size, crc = write_durable(path, chunks)
+    data, crc_expected = expected(chunks)
+    assert path.read_bytes() == data
+    assert (size, crc) == (len(data), crc_expected)
+
+
+def test_a_page_aligned_buffer_goes_to_the_disk_without_the_page_cache(tmp_path):
+    if not direct_io_works(tmp_path):
+        pytest.skip("this file system refuses O_DIRECT")
+    big = aligned_buffer(PIECE_BYTES + 7 * DIRECT_ALIGNMENT)
+    written = tmp_path / "direct.bin"
+    write_durable(written, [memoryview(big)])
+    buffered = tmp_path / "buffered.bin"
+    write_durable(buffered, [bytes(big)])  # bytes: never page-aligned memory
+    pages = len(big) // mmap.PAGESIZE
+    # The 8 MiB piece went straight to the disk; the 7-page rest, under
+    # DIRECT_MIN_BYTES, through the page cache.
+    assert resident_pages(written) == 7
+    assert resident_pages(buffered) == pages  # what the page cache would have held
+    assert written.read_bytes() == buffered.read_bytes()
