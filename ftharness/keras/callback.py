@@ -192,7 +192,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         self._input = None  # a PyDataset with get_state()/set_state(), if fit() got one
         self._restored: TrainingState | None = None  # to apply after the others' train begin
         self._mid_epoch: TrainingState | None = None  # to apply again at the resumed epoch
-        self._metrics_to_restore: list | None = None  # the resumed epoch's accumulators
+        self._metrics_to_restore: TrainingState | None = None  # its resumed epoch's metrics
         self._location = ""  # the checkpoint restored, for messages
         self._last_saved_step: int | None = None  # committed, or being committed
 
@@ -475,6 +475,7 @@ class BackupAndRestore(keras.callbacks.Callback):
             input=self._input.get_state() if self._input is not None else None,
             fit=self._fit_fingerprint,
             arrays=arrays,
+            replicas=state.replica_count(self.model),
         )
 
     def _apply(self, restored: TrainingState, *, warn: bool) -> None:
@@ -483,7 +484,8 @@ class BackupAndRestore(keras.callbacks.Callback):
         At the end of on_train_begin (after the other callbacks reset their
         own state there) and again before the first batch of a resumed epoch.
         """
-        state.assign(state.training_variables(self.model), restored.arrays[state.GROUP_TRAINING])
+        # Said, if anything, when restored first (_restore).
+        state.assign_group(state.training_variables(self.model), restored, state.GROUP_TRAINING)
         callback_states.restore(
             self._saved_callbacks, restored.callbacks, restored.arrays, self._location, warn=warn
         )
@@ -538,7 +540,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         )
         # Now, so that every other callback's on_train_begin sees the restored
         # model and optimizer (optimizer.iterations, the learning rate).
-        state.assign(variables, training_arrays)
+        _warn_not_exact(state.assign_group(variables, restored, state.GROUP_TRAINING))
         self._restored = restored
         position = restored.position
         self._position = position
@@ -548,7 +550,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         if position.batch > 0:
             self._resume_batches_to_skip = position.batch
             self._mid_epoch = restored
-            self._metrics_to_restore = restored.arrays.get(state.GROUP_METRICS)
+            self._metrics_to_restore = restored
             after_skip = self._restore_metrics
         else:
             after_skip = None
@@ -568,8 +570,9 @@ class BackupAndRestore(keras.callbacks.Callback):
         reset the metrics at epoch begin, and builds them only when it first
         traces the train step.
         """
-        values = self._metrics_to_restore
+        restored = self._metrics_to_restore
         self._metrics_to_restore = None
+        values = restored.arrays.get(state.GROUP_METRICS) if restored is not None else None
         if not values:
             return
         if len(state.metric_variables(self.model)) != len(values):
@@ -577,18 +580,24 @@ class BackupAndRestore(keras.callbacks.Callback):
                 return
             _internals.build_metrics(self.model, data_batch)
         variables = state.metric_variables(self.model)
-        if [tuple(v.shape) for v in variables] != [value.shape for _, value in values]:
+        if not state.same_layout(variables, values):
             log.warning(
                 "metric accumulators differ from the checkpoint's; the resumed epoch's "
                 "logged metrics restart from zero"
             )
             return
-        state.assign(variables, values)
+        _warn_not_exact(state.assign_group(variables, restored, state.GROUP_METRICS))
 
     def _close(self) -> None:
         if self._session is not None:
             self._session.close()
             self._session = None
+
+
+def _warn_not_exact(reason: str | None) -> None:
+    """Say, as at start, what a checkpoint found only when restored makes inexact."""
+    if reason is not None:
+        log.warning("a resume of this training will not be exact: %s", reason)
 
 
 class _RunLast(keras.callbacks.Callback):

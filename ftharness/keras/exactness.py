@@ -45,20 +45,12 @@ def limits(
         reasons.extend(_py_dataset_limits(x, bool(fit_call.arguments.get("shuffle"))))
     elif kind == data_position.INPUT_TF_DATA:
         reasons.extend(_tf_data_limits(x))
-    # MirroredStrategy (one host, several devices): the weights, optimizer
-    # slots, data position and generators resume exactly (the exactness
-    # matrix's "mirrored_strategy" row). Only the metrics logged for a
-    # resumed epoch can differ, in their last bits: an accumulator is a
-    # sync-on-read variable, saved as its sum over replicas and restored
-    # split evenly, so the replicas' partial sums are added in another order.
-    # MultiWorkerMirroredStrategy is refused before (multi_worker).
-    if strategy in MIRRORED_STRATEGIES:
-        reasons.append(
-            f"under {strategy} the metrics logged for a resumed epoch may differ in their "
-            "last bits (their accumulators are restored summed over replicas); the weights, "
-            "optimizer and data position resume exactly"
-        )
-    elif strategy is not None:
+    # MirroredStrategy (one host, several devices) resumes exactly (the
+    # exactness matrix's "mirrored_strategy" row): the metric accumulators,
+    # sync-on-read variables, are saved and restored replica by replica
+    # (state.assign_group; a checkpoint of another replica count is said when
+    # restored). MultiWorkerMirroredStrategy is refused before (multi_worker).
+    if strategy is not None and strategy not in MIRRORED_STRATEGIES:
         reasons.append(
             f"a tf.distribute strategy ({strategy}) is in use; ftharness restores the data "
             "position of single-device training only"

@@ -36,6 +36,9 @@ STATE_FILE = "state.json"
 # state (groups "callback.N").
 GROUP_TRAINING = "training"
 GROUP_METRICS = "metrics"
+# Group "<group>.replicas": under a tf.distribute strategy, every replica's own
+# component of each of the group's sync-on-read variables (see `replica_parts`).
+REPLICAS_SUFFIX = ".replicas"
 
 
 @dataclass(frozen=True)
@@ -65,8 +68,12 @@ class TrainingState:
     callbacks: list  # the other callbacks' JSON entries (callback_states.capture)
     input: object  # a PyDataset's get_state(), or None
     fit: dict  # the fit() arguments it was written under (fit_args.fingerprint)
-    # group -> [(name, value)]: GROUP_TRAINING, GROUP_METRICS, "callback.N"
+    # group -> [(name, value)]: GROUP_TRAINING, GROUP_METRICS, "callback.N", and
+    # "<group>.replicas" (REPLICAS_SUFFIX)
     arrays: dict[str, list[tuple[str, np.ndarray]]] = field(default_factory=dict)
+    # The replicas the training ran on (`replica_count`); None: not recorded
+    # (written before ftharness saved per-replica parts).
+    replicas: int | None = None
 
     def to_files(self) -> dict[str, list]:
         index = {}
@@ -88,6 +95,7 @@ class TrainingState:
             "data": self.data.to_json(),
             "input": self.input,
             "fit": self.fit,
+            "replicas": self.replicas,
         }
         return {ARRAYS_FILE: chunks, STATE_FILE: [json.dumps(record).encode()]}
 
@@ -117,6 +125,7 @@ class TrainingState:
                 callbacks=list(record.get("callbacks", [])),
                 input=record.get("input"),
                 fit=dict(record.get("fit") or {}),
+                replicas=_replicas(record.get("replicas")),
             )
             buffer = files[ARRAYS_FILE]
             loaded = {
@@ -126,11 +135,39 @@ class TrainingState:
                 ]
                 for group, entries in index.items()
             }
+            _check_replica_groups(loaded, state.replicas)
         except (KeyError, ValueError, TypeError) as error:
             raise IncompatibleCheckpointError(
                 f"checkpoint {location} is not a Keras training state ({error})"
             ) from None
         return replace(state, arrays=loaded)
+
+
+def _replicas(value) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"replicas is {value!r}, not a positive integer")
+    return value
+
+
+def _check_replica_groups(loaded: dict, replicas: int | None) -> None:
+    """A "<group>.replicas" group is `replicas` parts of each of its group's arrays, in
+    order, each of that array's shape and dtype (ValueError if not: a damaged state)."""
+    for group, parts in loaded.items():
+        if not group.endswith(REPLICAS_SUFFIX):
+            continue
+        base = loaded.get(group.removesuffix(REPLICAS_SUFFIX))
+        if base is None or replicas is None or replicas < 2:
+            raise ValueError(f"{group} without its group or a count of replicas")
+        if len(parts) != replicas * len(base):
+            raise ValueError(
+                f"{group} has {len(parts)} arrays, not {replicas} for each of {len(base)}"
+            )
+        for index, (name, part) in enumerate(parts):
+            base_name, value = base[index // replicas]
+            if part.shape != value.shape or part.dtype != value.dtype:
+                raise ValueError(f"{group}: {name} is not shaped as {base_name}")
 
 
 def training_variables(model: keras.Model) -> list:
@@ -148,6 +185,46 @@ def named(variables: list) -> list[tuple[str, object]]:
     return [(variable.path, variable) for variable in variables]
 
 
+def replica_components(variable) -> list:
+    """The per-replica components of a sync-on-read variable, in replica order.
+
+    Under a tf.distribute strategy a metric accumulator is sync-on-read: one
+    component per replica, and a read is their sum. Saved as that sum and
+    assigned back, each component would get an even share of it (TensorFlow
+    divides a SUM variable's assignment), and the resumed epoch would add its
+    partial sums in another order than an uninterrupted run: so each
+    component is saved and restored as itself. [] for any other variable.
+    """
+    value = getattr(variable, "value", None)
+    if (
+        not isinstance(value, tf.distribute.DistributedValues)
+        or getattr(value, "synchronization", None) != tf.VariableSynchronization.ON_READ
+    ):
+        return []
+    return list(value.distribute_strategy.experimental_local_results(value))
+
+
+def replica_parts(variables: list) -> list[tuple[str, object]]:
+    """Every component of every variable (`replica_components`), or [] unless all
+    of `variables` are sync-on-read over the same number (2 or more) of replicas:
+    a group is restored per replica whole, or not at all."""
+    components = [replica_components(variable) for variable in variables]
+    counts = {len(parts) for parts in components}
+    if len(counts) != 1 or counts.pop() < 2:
+        return []
+    return [
+        (f"{variable.path}/replica_{index}", part)
+        for variable, parts in zip(variables, components, strict=True)
+        for index, part in enumerate(parts)
+    ]
+
+
+def replica_count(model: keras.Model) -> int:
+    """The replicas `model` trains on: its strategy's (1: a single device)."""
+    strategy = getattr(model, "distribute_strategy", None)
+    return int(getattr(strategy, "num_replicas_in_sync", 1))
+
+
 def host_views(variables: list) -> list[np.ndarray]:
     """Read-only host arrays of the variables' current values, without copying on CPU.
 
@@ -160,7 +237,10 @@ def host_views(variables: list) -> list[np.ndarray]:
     """
     views = []
     for variable in variables:
-        value = getattr(variable, "value", variable)
+        # A Keras variable holds TensorFlow's as `value`; a replica's component is one.
+        value = variable
+        if not isinstance(variable, tf.Variable):
+            value = getattr(variable, "value", variable)
         if isinstance(value, tf.Variable):
             array = np.asarray(tf.convert_to_tensor(value))
         else:  # not TensorFlow's: one copy
@@ -183,6 +263,10 @@ def _groups(model: keras.Model):
         (GROUP_METRICS, metric_variables(model)),
     ):
         yield group, [variable.path for variable in variables], host_views(variables)
+        parts = replica_parts(variables)
+        if parts:
+            names, components = zip(*parts, strict=True)
+            yield group + REPLICAS_SUFFIX, list(names), host_views(list(components))
 
 
 class SnapshotBuffers:
@@ -322,6 +406,50 @@ def check_compatible(
             )
 
 
+def same_layout(variables: list, values: list[tuple[str, np.ndarray]]) -> bool:
+    """Whether `values` are, one for one, of `variables`' shapes and dtypes."""
+    return [(tuple(v.shape), np.dtype(v.dtype).name) for v in variables] == [
+        (value.shape, value.dtype.name) for _, value in values
+    ]
+
+
 def assign(variables: list, values: list[tuple[str, np.ndarray]]) -> None:
     for variable, (_, value) in zip(variables, values, strict=True):
         variable.assign(value)
+
+
+def assign_group(variables: list, restored: TrainingState, group: str) -> str | None:
+    """Assign `group`'s values (checked compatible) to `variables`, replica by replica
+    where the checkpoint has each replica's part; else why not, in one clause.
+
+    The reason is said when the checkpoint's sync-on-read values can only be
+    restored from their sum, split evenly over the replicas (which is what
+    TensorFlow does with an assigned SUM variable): it was written without
+    per-replica parts (an older ftharness, a single device) or on another
+    number of replicas. The variables' values are then right, but a resumed
+    epoch adds its partial sums in another order than an uninterrupted run:
+    metrics computed from them may differ in their last bits.
+    """
+    values = restored.arrays[group]
+    components = replica_parts(variables)
+    saved = restored.arrays.get(group + REPLICAS_SUFFIX)
+    replicas_now = len(components) // len(variables) if components else 1
+    if components and saved is not None and len(saved) == len(components):
+        for (_, component), (_, value) in zip(components, saved, strict=True):
+            component.assign(value)
+        return None
+    assign(variables, values)
+    if saved is None and not components:
+        return None  # nothing of this group is per replica, then or now
+    replicas_then = restored.replicas or 1
+    if restored.replicas is None:
+        written = "without per-replica parts (by an older ftharness)"
+    elif replicas_then == replicas_now:
+        written = f"without per-replica parts of its {group}"
+    else:
+        written = f"on {replicas_then} replica(s)"
+    return (
+        f"the checkpoint was written {written} and this training runs on {replicas_now}: "
+        f"its {group} sync-on-read variables are restored from their sum split evenly over "
+        "the replicas, so what is computed from them may differ in its last bits"
+    )
