@@ -401,10 +401,16 @@ def case_builtin_callbacks(workdir: Path) -> Case:
     )
 
 
+def mirrored_replicas() -> int:
+    """The logical CPU devices of the mirrored_strategy case: MIRRORED_REPLICAS, else 2."""
+    return int(os.environ.get("MIRRORED_REPLICAS", "2"))
+
+
 def case_mirrored_strategy() -> Case:
-    """fit() under MirroredStrategy on 2 logical CPU devices (configured in main())
-    over a reshuffling tf.data pipeline: each global batch of 8 is split in 2."""
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    """fit() under MirroredStrategy on 2 logical CPU devices (configured in main();
+    MIRRORED_REPLICAS for another count) over a reshuffling tf.data pipeline: each
+    global batch of 8 is split between the replicas."""
+    strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(mirrored_replicas())])
     with strategy.scope():
         model = dense_model()
     return Case(
@@ -523,7 +529,7 @@ def main(argv: list[str]) -> int:
         Path(os.environ["WORKER_PID_FILE"]).write_text(str(os.getpid()))
     install_write_killer()
     if args.case == "mirrored_strategy":
-        logical_cpus(2)
+        logical_cpus(mirrored_replicas())
     keras.utils.set_random_seed(SEED)
     tf.config.experimental.enable_op_determinism()
     workdir = Path(args.report).parent
