@@ -5,6 +5,8 @@ Real TensorFlow, in process: a small model trained a few steps.
 
 from __future__ import annotations
 
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -13,11 +15,14 @@ from ftharness.keras import state
 from ftharness.keras.data_position import DataPosition
 from ftharness.keras.state import (
     ARRAYS_FILE,
+    GROUP_METRICS,
     GROUP_TRAINING,
+    REPLICAS_SUFFIX,
     Position,
     SnapshotBuffers,
     TrainingState,
 )
+from ftharness.worker import IncompatibleCheckpointError
 
 X = np.random.default_rng(0).random((32, 64)).astype("float32")
 
@@ -44,8 +49,8 @@ def values(arrays: dict) -> dict[str, list[bytes]]:
     return {group: [value.tobytes() for _, value in named] for group, named in arrays.items()}
 
 
-def arrays_file(arrays: dict) -> bytes:
-    files = TrainingState(
+def training_state(arrays: dict, replicas: int | None = None) -> TrainingState:
+    return TrainingState(
         position=Position(0, 0, 0),
         data=DataPosition.from_json({"iterators_before": 0, "skip": 0}),
         rng={},
@@ -53,8 +58,20 @@ def arrays_file(arrays: dict) -> bytes:
         input=None,
         fit={},
         arrays=arrays,
-    ).to_files()
+        replicas=replicas,
+    )
+
+
+def arrays_file(arrays: dict) -> bytes:
+    files = training_state(arrays).to_files()
     return b"".join(bytes(chunk) for chunk in files[ARRAYS_FILE])
+
+
+def read_back(written: TrainingState) -> TrainingState:
+    files = {
+        name: b"".join(bytes(c) for c in chunks) for name, chunks in written.to_files().items()
+    }
+    return TrainingState.from_files(files, "test")
 
 
 def test_host_views_are_the_variables_own_memory_read_only():
@@ -158,3 +175,108 @@ def test_a_snapshot_is_one_page_aligned_chunk_per_group():
     assert chunks[0].nbytes == training_bytes
     # Page-aligned: the writer can hand it to the disk directly (O_DIRECT).
     assert np.frombuffer(chunks[0], dtype=np.uint8).ctypes.data % 4096 == 0
+
+
+# -- per-replica parts (a strategy's sync-on-read variables) --------------------
+# With one device in process; several replicas run in real processes
+# (tests/integration/exactness/test_mirrored_replicas.py and the matrix's
+# mirrored_strategy row).
+
+METRICS = "metrics"
+PARTS = METRICS + REPLICAS_SUFFIX
+
+
+def halves(named_arrays: list) -> list:
+    """Two parts of each array that add up to it, as two replicas' components."""
+    return [
+        (f"{name}/replica_{index}", part)
+        for name, value in named_arrays
+        for index, part in enumerate((value / 4, value - value / 4))
+    ]
+
+
+def test_one_device_has_no_per_replica_parts():
+    model = trained_model()
+    assert state.replica_count(model) == 1
+    assert state.replica_parts(state.metric_variables(model)) == []
+    assert set(state.capture_views(model)) == {GROUP_TRAINING, GROUP_METRICS}
+    assert set(SnapshotBuffers().capture(model)) == {GROUP_TRAINING, GROUP_METRICS}
+
+
+def test_per_replica_parts_and_their_count_are_read_back():
+    sums = [("total", np.array([4.0, 8.0], dtype="float32")), ("count", np.array(3.0, "float32"))]
+    restored = read_back(training_state({METRICS: sums, PARTS: halves(sums)}, replicas=2))
+    assert restored.replicas == 2
+    assert [name for name, _ in restored.arrays[PARTS]] == [
+        "total/replica_0", "total/replica_1", "count/replica_0", "count/replica_1"
+    ]  # fmt: skip
+    assert values(restored.arrays) == values({METRICS: sums, PARTS: halves(sums)})
+    older = read_back(training_state({METRICS: sums}))
+    assert older.replicas is None and PARTS not in older.arrays
+
+
+SUMS = [("total", np.array([4.0, 8.0], dtype="float32"))]
+
+
+@pytest.mark.parametrize(
+    ("arrays", "replicas"),
+    [
+        pytest.param({METRICS: SUMS, PARTS: halves(SUMS)}, 3, id="count-of-3-for-parts-of-2"),
+        pytest.param({METRICS: SUMS, PARTS: halves(SUMS)[:1]}, 2, id="a-part-missing"),
+        pytest.param({METRICS: SUMS, PARTS: halves(SUMS)}, None, id="parts-without-a-count"),
+        pytest.param({METRICS: SUMS, PARTS: halves(SUMS)}, 1, id="parts-of-one-replica"),
+        pytest.param({PARTS: halves(SUMS)}, 2, id="parts-without-their-group"),
+        pytest.param(
+            {METRICS: SUMS, PARTS: [(n, v[:1]) for n, v in halves(SUMS)]}, 2, id="another-shape"
+        ),
+        pytest.param(
+            {METRICS: SUMS, PARTS: [(n, v.astype("float64")) for n, v in halves(SUMS)]},
+            2,
+            id="another-dtype",
+        ),
+    ],
+)
+def test_damaged_per_replica_parts_are_not_a_training_state(arrays, replicas):
+    with pytest.raises(IncompatibleCheckpointError, match="is not a Keras training state"):
+        read_back(training_state(arrays, replicas=replicas))
+
+
+@pytest.mark.parametrize("replicas", [0, -2, True, "2", 2.0, [2]])
+def test_a_replica_count_that_is_not_a_positive_integer_is_refused(replicas):
+    written = training_state({METRICS: SUMS})
+    files = {
+        name: b"".join(bytes(c) for c in chunks) for name, chunks in written.to_files().items()
+    }
+    record = json.loads(files[state.STATE_FILE])
+    record["replicas"] = replicas
+    files[state.STATE_FILE] = json.dumps(record).encode()
+    with pytest.raises(IncompatibleCheckpointError, match="replicas"):
+        TrainingState.from_files(files, "test")
+
+
+def test_one_device_restores_an_older_or_single_device_checkpoint_silently():
+    model = trained_model()
+    views = state.capture_views(model)
+    saved = {
+        group: [(name, value.copy()) for name, value in named] for group, named in views.items()
+    }
+    train(model)
+    for replicas in (None, 1):
+        restored = training_state(saved, replicas=replicas)
+        for group, variables in (
+            (GROUP_TRAINING, state.training_variables(model)),
+            (GROUP_METRICS, state.metric_variables(model)),
+        ):
+            assert state.assign_group(variables, restored, group) is None
+            now = [(v.path, v.numpy()) for v in variables]
+            assert values({group: now}) == values({group: saved[group]})
+
+
+def test_one_device_restores_a_checkpoint_of_two_replicas_from_the_sum_and_says_so():
+    model = trained_model()
+    variables = state.metric_variables(model)
+    sums = [(v.path, v.numpy() + 1) for v in variables]
+    restored = training_state({METRICS: sums, PARTS: halves(sums)}, replicas=2)
+    reason = state.assign_group(variables, restored, GROUP_METRICS)
+    assert "written on 2 replica(s) and this training runs on 1" in reason
+    assert values({METRICS: [(v.path, v.numpy()) for v in variables]}) == values({METRICS: sums})
