@@ -3,7 +3,9 @@
 Arrays (model variables, optimizer slots and step, metric accumulators, the
 seed generators' states, arrays of callbacks' states) go to one binary file;
 everything else (position in training and in the data, RNG states, other
-callbacks' states) is plain JSON.
+callbacks' states) is plain JSON. Under a tf.distribute strategy each
+sync-on-read variable (a metric accumulator) is saved a second time, replica
+by replica (`replica_parts`), so that a resume restores each replica's own.
 """
 
 from __future__ import annotations
