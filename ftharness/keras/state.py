@@ -20,6 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ftharness import strict_json
 from ftharness.checkpoint import arrays
 from ftharness.checkpoint.arrays import ArrayEntry
 from ftharness.keras.data_position import DataPosition
@@ -31,6 +32,9 @@ STATE_FORMAT_VERSION = 2
 READABLE_FORMAT_VERSIONS = frozenset({1, 2})
 ARRAYS_FILE = "arrays.bin"
 STATE_FILE = "state.json"
+# state.json holds positions, RNG states and the callbacks' own states (kilobytes to
+# a few megabytes for a long History); anything near this is not ours.
+MAX_STATE_BYTES = 64 * 1024 * 1024
 
 # Arrays are grouped by when they are restored: model and optimizer at
 # on_train_begin; metrics just before the first train step of a mid-epoch
@@ -106,7 +110,7 @@ class TrainingState:
         """Parse a checkpoint's files (untrusted input): IncompatibleCheckpointError if they
         are not a Keras training state of a readable format."""
         try:
-            record = json.loads(files[STATE_FILE])
+            record = strict_json.loads(bytes(files[STATE_FILE]), MAX_STATE_BYTES)
             version = int(record["format_version"])
             if version not in READABLE_FORMAT_VERSIONS:
                 raise IncompatibleCheckpointError(

@@ -280,3 +280,23 @@ def test_one_device_restores_a_checkpoint_of_two_replicas_from_the_sum_and_says_
     reason = state.assign_group(variables, restored, GROUP_METRICS)
     assert "written on 2 replica(s) and this training runs on 1" in reason
     assert values({METRICS: [(v.path, v.numpy()) for v in variables]}) == values({METRICS: sums})
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'{"format_version": 2, "format_version": 1}',  # two readers could disagree
+        b'{"format_version": NaN}',
+        b"[" * 10_000 + b"]" * 10_000,  # deep enough to exhaust the stack
+        b"\xff\xfe{}",  # not UTF-8
+        b" ",
+    ],
+)
+def test_a_state_file_no_writer_produced_is_not_a_training_state(text):
+    written = training_state({METRICS: SUMS})
+    files = {
+        name: b"".join(bytes(c) for c in chunks) for name, chunks in written.to_files().items()
+    }
+    files[state.STATE_FILE] = text
+    with pytest.raises(IncompatibleCheckpointError, match="is not a Keras training state"):
+        TrainingState.from_files(files, "test")
