@@ -22,6 +22,7 @@ No assertion is timed; every wait is bounded by a generous timeout.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -111,10 +112,8 @@ class Member:
     def kill(self) -> None:
         """After a failed test: every worker it launched, then the supervisor."""
         for launch in self.events("launch"):
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):  # already gone
                 os.killpg(launch["pid"], signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
         self.run.kill()
 
 
@@ -297,7 +296,7 @@ def test_sigkill_of_the_non_chiefs_worker_relaunches_both_without_the_chiefs_cra
     killed_at = time.time()  # the clock of the logs' timestamps
 
     finishes_like(group, reference, chief, other)
-    assert [e["signal"] for e in other.events("exit")][0] == signal.SIGKILL
+    assert other.events("exit")[0]["signal"] == signal.SIGKILL
     assert restarts(other)[0] == ("crash", 0)
     assert worker_exits(chief)[0] == PEER_LOST
     assert restarts(chief)[0][0] == "peer_lost"
