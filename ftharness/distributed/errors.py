@@ -37,9 +37,34 @@ def is_peer_failure(error: BaseException) -> bool:
 
 def peer_lost(error: BaseException, where: str) -> PeerLostError:
     """The one line a worker leaves with when `error` (a collective's) ended `where`."""
-    text = str(getattr(error, "message", None) or error).strip()
-    first_line = text.splitlines()[0] if text else ""
+    text = str(getattr(error, "message", None) or error)
     return PeerLostError(
-        f"a peer of the group was lost {where} ({type(error).__name__}: {first_line[:300]}); "
+        f"a peer of the group was lost {where} ({type(error).__name__}: {_cause(text)[:300]}); "
         f"exiting {int(ExitCode.PEER_LOST)} (peer lost) to be relaunched with the group"
     )
+
+
+def _cause(text: str) -> str:
+    """The line of a TensorFlow error that says what happened.
+
+    An error raised inside a `tf.function` (the usual training step) starts
+    with TensorFlow's preamble, "Graph execution error:" and "Detected at
+    node ... defined at (most recent call last):" with indented stack
+    lines, before the collective's own message ("Collective ops is aborted
+    by: ... The following tasks are unhealthy (stopped sending
+    heartbeats):", then the task): measured with TensorFlow 2.21. The
+    preamble is skipped; a line ending with ":" is joined to the next one.
+    """
+    lines = [line for line in text.splitlines() if line.strip()]
+    if lines and lines[0].strip() == "Graph execution error:":
+        lines = lines[1:]
+        if lines and lines[0].startswith("Detected at node"):
+            lines = lines[1:]
+            while lines and lines[0][:1].isspace():
+                lines = lines[1:]
+    if not lines:
+        return ""
+    cause = lines[0].strip()
+    if cause.endswith(":") and len(lines) > 1 and not lines[1][:1].isspace():
+        cause = f"{cause} {lines[1].strip()}"
+    return cause
