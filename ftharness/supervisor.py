@@ -315,11 +315,7 @@ class Supervisor:
                 extra={"event": "stop_repeated"},
             )
             return
-        attempt.stop_started = time.monotonic()
-        attempt.stop_signal = signum
-        attempt.deadline = self._stop_deadline(attempt.stop_started)
-        signal_group(attempt.pid, signum)
-        self.observers.stop_requested(signum)
+        self._begin_stop(signum, attempt)
         log.info(
             "received %s: forwarded to the worker; waiting up to %.1f s for its final checkpoint",
             signal.Signals(signum).name,
@@ -327,25 +323,47 @@ class Supervisor:
             extra={"event": "stop_requested", "signal": signal.Signals(signum).name},
         )
 
+    def _begin_stop(self, signum: int, attempt: Attempt) -> None:
+        """Forward `signum` and start the one stop deadline (docs/supervise.md)."""
+        attempt.stop_started = time.monotonic()
+        attempt.stop_signal = signum
+        attempt.deadline = self._stop_deadline(attempt.stop_started)
+        signal_group(attempt.pid, signum)
+        self.observers.stop_requested(signum)
+
     def _on_notice(self, notice: PreemptionNotice, attempt: Attempt | None) -> None:
-        """A cloud's preemption notice: logged once, then a checkpoint request."""
+        """A cloud's preemption notice: logged once, then a checkpoint request.
+
+        In a group the request is a stop: a checkpoint is the whole group's,
+        and a worker with peers takes one only at a stop all of them agreed
+        on (ftharness/distributed/stop.py), so the notice stops the group
+        at a final checkpoint while the machine still runs.
+        """
         expected = (
             f"; termination expected in {notice.deadline - time.time():.0f} s"
             if notice.deadline is not None
             else ""
         )
+        if attempt is None:
+            action = "no worker is running"
+        elif self.config.in_group:
+            action = "stopping the worker's group at a final checkpoint (SIGTERM forwarded)"
+        else:
+            action = "asking the worker for a checkpoint now"
         log.warning(
             "preemption notice from %s: %s%s; %s",
             notice.source,
             notice.detail,
             expected,
-            "asking the worker for a checkpoint now"
-            if attempt is not None
-            else "no worker is running",
+            action,
             extra={"event": "preemption_notice", "source": notice.source},
         )
-        if attempt is not None:
+        if attempt is None:
+            return
+        if not self.config.in_group:
             signal_group(attempt.pid, signal.SIGUSR1)
+        elif attempt.stop_signal is None:
+            self._begin_stop(signal.SIGTERM, attempt)
 
     def _attempt_ended(self, attempt: Attempt, status: ExitStatus) -> AttemptResult:
         self._clean_up_group(attempt.pid)

@@ -7,11 +7,13 @@ supervisor decides, passes on, and writes (or, for a non-chief, never writes).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 from pathlib import Path
 
+from metadata_servers import GceHandler, GceState, serve
 from support import PYTHON, WORKERS, commit_checkpoint, run_supervisor, wait_for
 
 from ftharness.checkpoint.local import LocalCheckpointStore
@@ -294,3 +296,28 @@ def test_a_stopped_non_chief_whose_chief_never_uploads_exits_at_the_deadline(tmp
         "stop deadline passed before the backup had step 12 (it has 10); exiting"
     )
     assert listing(backup) == before
+
+
+# -- a preemption notice in a group: the group's stop, not a checkpoint alone -------
+
+
+def test_a_preemption_notice_stops_a_group_member_at_a_final_checkpoint(tmp_path, supervise):
+    backup_url = f"file://{tmp_path / 'backup'}"
+    ready = tmp_path / "worker"
+    ready.mkdir()
+    with contextlib.contextmanager(serve)(GceHandler, GceState()) as server:
+        run = supervise(
+            ["--backup-dir", backup_url, "--local-dir", str(tmp_path / "local"), *FAST,
+             "--preemption-notice", "gce", "--notice-poll-interval", "0.1",
+             "--gce-metadata-url", server.base_url, "--", *WORKER, "--until-stopped", str(ready)],
+            env={"TF_CONFIG": tf_config(0)},
+        )  # fmt: skip
+        wait_for((ready / "ready").exists, 60, "the chief's worker")
+        server.state.preempted = "TRUE"
+        # The stand-in ends only on a stop signal: a SIGUSR1 would leave it waiting.
+        assert run.wait(90) == ExitCode.PREEMPTED, run.log
+    (notice,) = named(run.log, "preemption_notice")
+    assert "stopping the worker's group at a final checkpoint" in notice["message"]
+    assert not named(run.log, "stop_requested")  # no SIGTERM reached the supervisor
+    # The worker's final checkpoint (12, after the stop) is the backup's newest.
+    assert RemoteCheckpointStore(backup_url).latest().step == 12
