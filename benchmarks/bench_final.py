@@ -236,6 +236,11 @@ def supervised_final(ctx: Context, settings: Settings, case: str, step_estimate:
         raise RuntimeError(f"no final checkpoint in the log:\n{tail(log)}")
     periodic = [m for m in commits if int(m.group(1)) == 2 * PERIODIC_STEP and case == AFTER]
     worker = _read_json(out)
+    if worker.get("memcpy_seconds") and worker.get("memcpy_bytes") != worker.get("state_bytes"):
+        raise RuntimeError(
+            f"the memcpy baseline copied {worker.get('memcpy_bytes')} bytes, "
+            f"not the state's {worker.get('state_bytes')}"
+        )
     abandoned = _ABANDONED.search(text)
     return {
         "sigterm_to_manifest": committed - signalled,
