@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from ftharness import fast_exit
 from ftharness.checkpoint.local import (
     DELETE_ON_SUCCESS_MARKER,
     CheckpointRef,
@@ -211,9 +212,14 @@ class WorkerSession:
         return ref
 
     def exit_preempted(self) -> None:
-        """Leave with the protocol's code for the stop signal received."""
+        """Leave with the protocol's code for the stop signal received.
+
+        The stack unwinds as for any SystemExit; the interpreter's slow
+        teardown is skipped (`fast_exit`): the checkpoint is already durable.
+        """
         signum = self.flags.stop_signal or signal.SIGTERM
         log.info("final checkpoint committed; exiting on %s", signal.Signals(signum).name)
+        fast_exit.end_after_atexit(exit_code_for_signal(signum))
         raise SystemExit(exit_code_for_signal(signum))
 
     def finish(self, *, delete_backup: bool) -> None:
