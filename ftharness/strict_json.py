@@ -69,10 +69,14 @@ def _finite_float(text: str) -> float:
     return value
 
 
+# The longest integers ftharness writes are NumPy's PCG64 generator states,
+# 128 bits (39 digits); longer ones are never ftharness's (and Python refuses
+# to convert over 4300 digits with a bare ValueError).
+MAX_INT_DIGITS = 40
+
+
 def _bounded_int(text: str) -> int:
-    # 2**63 has 19 digits; longer integers are never ftharness's (and
-    # Python refuses to convert over 4300 digits with a bare ValueError).
-    if len(text.lstrip("-")) > 20:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
         raise StrictJsonError(f"integer of {len(text)} digits is out of range")
     return int(text)
 

@@ -20,7 +20,7 @@ def test_what_ftharness_writes_parses():
         ("NaN", "not a number"),
         ("[Infinity]", "not a number"),
         ('{"a": 1, "a": 2}', "key 'a' appears twice"),
-        ("1" * 30, "out of range"),
+        ("1" * 41, "out of range"),
         ("[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1), "nested deeper"),
         ("[" * 1_000_000, "nested deeper"),
         ("", "no content"),
@@ -41,3 +41,15 @@ def test_text_over_the_size_bound_is_refused_before_parsing():
 def test_nesting_at_the_bound_parses():
     depth = MAX_DEPTH
     assert loads("[" * depth + "]" * depth, 1000) is not None
+
+
+def test_a_numpy_generator_state_parses():
+    # PCG64 keeps 128-bit integers in its state: ftharness writes them (rng.py).
+    import json
+
+    import numpy as np
+
+    state = np.random.default_rng(7).bit_generator.state
+    assert state["state"]["state"] >= 2**100  # the case this test is about
+    assert loads(json.dumps(state), 10_000) == state
+    assert loads(str(-(2**128)), 100) == -(2**128)
