@@ -146,7 +146,14 @@ def _run_attempt(
     # start alone can take most of the period, and a job that never trains
     # never ends), and never once training is over: a job stopped while it
     # exits would redo its last steps, a cost of the schedule, not of ours.
-    wait_for_path(ready, 600, process)
+    try:
+        wait_for_path(ready, 600, process)
+    except RuntimeError:
+        if process.returncode == 0:
+            # The job's last steps were fewer than the ones before `ready`: it
+            # finished before it could be preempted.
+            return 0
+        raise
     signal_at = max(launched + preempt, ready.stat().st_mtime + settings.min_training)
     try:
         return process.wait(max(0.0, signal_at - time.time()))
