@@ -12,11 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-import time
 
-import tensorflow as tf
-
-from ftharness.distributed.errors import PeerLostError
 from ftharness.distributed.worker_group import WorkerGroup
 
 log = logging.getLogger("ftharness.distributed")
@@ -32,20 +28,16 @@ def agree_on_restore_step(group: WorkerGroup, local_step: int) -> int:
     """The minimum of every worker's `local_step`, waiting at most the group timeout."""
     round_number = next(_rounds)
     group.store.put(RESTORE_KEY.format(round=round_number, worker=group.worker_id), str(local_step))
-    deadline = time.monotonic() + group.timeouts.group
-    steps = {}
-    for worker in group.peer_ids:
-        try:
-            value = group.store.get(
-                RESTORE_KEY.format(round=round_number, worker=worker),
-                timeout=max(deadline - time.monotonic(), 0.001),
-            )
-        except tf.errors.DeadlineExceededError:
-            raise PeerLostError(
-                f"worker {worker} did not say which checkpoint it has within "
-                f"{group.timeouts.group:g} s (FTHARNESS_GROUP_TIMEOUT); exiting 76 (peer lost)"
-            ) from None
-        steps[worker] = int(value)
+    answers = group.gather(
+        lambda worker: RESTORE_KEY.format(round=round_number, worker=worker),
+        group.peer_ids,
+        group.timeouts.group,
+        lambda worker: (
+            f"worker {worker} did not say which checkpoint it has within "
+            f"{group.timeouts.group:g} s (FTHARNESS_GROUP_TIMEOUT); exiting 76 (peer lost)"
+        ),
+    )
+    steps = {worker: int(value) for worker, value in answers.items()}
     agreed = min(steps.values())
     if agreed != local_step:
         log.info(

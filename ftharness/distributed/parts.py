@@ -10,11 +10,6 @@ state), well within what the store carries.
 
 from __future__ import annotations
 
-import time
-
-import tensorflow as tf
-
-from ftharness.distributed.errors import PeerLostError
 from ftharness.distributed.worker_group import WorkerGroup
 
 PART_KEY = "ftharness/ckpt/{step}/worker/{worker}"
@@ -31,20 +26,14 @@ def hand_to_chief(group: WorkerGroup, step: int, part: bytes) -> None:
 
 def collect_from_peers(group: WorkerGroup, step: int) -> dict[str, bytes]:
     """The chief: every other worker's part of checkpoint `step`, by file name."""
-    deadline = time.monotonic() + group.timeouts.exchange
-    files = {}
-    for worker in group.peer_ids:
-        if worker == group.worker_id:
-            continue
-        try:
-            value = group.store.get(
-                PART_KEY.format(step=step, worker=worker),
-                timeout=max(deadline - time.monotonic(), 0.001),
-            )
-        except tf.errors.DeadlineExceededError:
-            raise PeerLostError(
-                f"worker {worker} did not hand over its part of checkpoint {step} within "
-                f"{group.timeouts.exchange:g} s; exiting 76 (peer lost), nothing committed"
-            ) from None
-        files[part_file(worker)] = value.encode()
+    parts = group.gather(
+        lambda worker: PART_KEY.format(step=step, worker=worker),
+        [worker for worker in group.peer_ids if worker != group.worker_id],
+        group.timeouts.exchange,
+        lambda worker: (
+            f"worker {worker} did not hand over its part of checkpoint {step} within "
+            f"{group.timeouts.exchange:g} s; exiting 76 (peer lost), nothing committed"
+        ),
+    )
+    files = {part_file(worker): value.encode() for worker, value in parts.items()}
     return files

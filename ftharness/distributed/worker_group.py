@@ -8,12 +8,14 @@ so the group is found from the objects given to save.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import tensorflow as tf
 
 from ftharness.distributed.coordination import KeyValueStore
+from ftharness.distributed.errors import PeerLostError
 from ftharness.distributed.timeouts import PeerTimeouts
 from ftharness.group import GroupPlace
 
@@ -41,6 +43,28 @@ class WorkerGroup:
     @property
     def peer_ids(self) -> range:
         return range(self.worker_count)
+
+    def gather(
+        self,
+        key_of: Callable[[int], str],
+        workers: Iterable[int],
+        timeout: float,
+        missing: Callable[[int], str],
+    ) -> dict[int, str]:
+        """Each worker's value under `key_of(worker)`, all within `timeout` s in total.
+
+        PeerLostError with `missing(worker)` for the first one not there in time.
+        """
+        deadline = time.monotonic() + timeout
+        values = {}
+        for worker in workers:
+            try:
+                values[worker] = self.store.get(
+                    key_of(worker), timeout=max(deadline - time.monotonic(), 0.001)
+                )
+            except tf.errors.DeadlineExceededError:
+                raise PeerLostError(missing(worker)) from None
+        return values
 
 
 def strategy_of(trackables: Mapping[str, object]):
