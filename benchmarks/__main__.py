@@ -60,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--work-dir", type=Path, help="where checkpoints are written (default: a temp dir)"
     )
+    parser.add_argument(
+        "--keep-work",
+        action="store_true",
+        help="keep the work directory (every process's log) instead of removing it",
+    )
     args = parser.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # progress shows up when piped to a file
     settings = QUICK if args.quick else FULL
@@ -80,7 +85,10 @@ def main(argv: list[str] | None = None) -> int:
                 traceback.print_exc()
                 failures[name] = f"{type(error).__name__}: {error}".splitlines()[0]
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep_work:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     minutes = (time.monotonic() - started) / 60
     print()
     print(report.text_table(rows))

@@ -360,12 +360,16 @@ def goodput(settings: Settings, args) -> dict:
     epochs = max(1, args.total_steps // steps_per_epoch)
     timeline = Path(args.timeline)
     record = {"attempt": int(os.environ.get("FTHARNESS_ATTEMPT", "0")), "created": created}
+    step_ends: list[float] = []
 
     class Marks(keras.callbacks.Callback):
         def on_train_batch_begin(self, batch, logs=None) -> None:
             if "ready" not in record:  # started, restored, about to train
                 record["ready"] = time.time()
                 Path(args.ready).touch()
+
+        def on_train_batch_end(self, batch, logs=None) -> None:
+            step_ends.append(time.time())
 
         def on_train_end(self, logs=None) -> None:
             Path(args.done).touch()  # nothing left to preempt
@@ -379,6 +383,12 @@ def goodput(settings: Settings, args) -> dict:
     finally:
         record["end"] = time.time()
         record["iterations"] = int(model.optimizer.iterations.numpy())
+        if step_ends:
+            record["first_step_end"] = step_ends[0]
+            record["last_step_end"] = step_ends[-1]
+            gaps = np.diff(step_ends[1:])  # the first gap may hold a retrace
+            record["step_seconds"] = float(np.median(gaps)) if len(gaps) else float("nan")
+            record["step_ends"] = step_ends  # for reading a run's work dir (--keep-work)
         with open(timeline, "a") as file:
             file.write(json.dumps(record) + "\n")
     return {}
