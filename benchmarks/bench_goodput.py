@@ -22,8 +22,8 @@ alternating.
 
 from __future__ import annotations
 
+import itertools
 import json
-import math
 import signal
 import subprocess
 import time
@@ -64,8 +64,7 @@ def run(ctx: Context) -> list[Row]:
                 "uninterrupted": uninterrupted["wall"],
                 "restarts": len(restarts),
                 "start_restore": sum(start_restore) / count,
-                "trace": sum(s - u for s, u in zip(start_restore, until_first_step, strict=True))
-                / count,
+                "until_first_step": sum(until_first_step) / count,
                 "lost": (preempted["wall"] - budget) / count,
                 "stop": median(preempted["stops"]) if preempted["stops"] else 0.0,
             }
@@ -108,11 +107,12 @@ def run(ctx: Context) -> list[Row]:
             seconds(median([p["wall"] for p in pairs])),
             f"{seconds(median([p['uninterrupted'] for p in pairs]))} + "
             f"{median([p['restarts'] for p in pairs]):.0f} x "
-            f"{seconds(median([p['start_restore'] - p['trace'] for p in pairs]))}",
+            f"{seconds(median([p['until_first_step'] for p in pairs]))}",
             "—",
             None,
             f"{schedule}; the first step's trace in each new process "
-            f"({seconds(median([p['trace'] for p in pairs]))} beyond a step) charged to "
+            f"({seconds(median([p['start_restore'] - p['until_first_step'] for p in pairs]))} "
+            "beyond a step) charged to "
             "preemption",
             spread([p["ratio_trace_charged"] for p in pairs]),
         ),
@@ -122,10 +122,10 @@ def run(ctx: Context) -> list[Row]:
 def _start_restore(attempt: dict, calibrated_step: float) -> float:
     """Launch → the end of the first step, less one step (the attempt's own
     median; the calibration's if the attempt trained too few steps for one)."""
-    step = attempt.get("step_seconds", math.nan)
-    if math.isnan(step):
-        step = calibrated_step
-    return attempt["first_step_end"] - attempt["launched"] - step
+    ends = attempt["step_ends"]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(ends[1:])]
+    step = median(gaps) if gaps else calibrated_step  # the first gap may hold a retrace
+    return ends[0] - attempt["launched"] - step
 
 
 def _job(ctx: Context, name: str, total_steps: int, save_freq: int, preempt: float | None):

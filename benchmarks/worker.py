@@ -383,12 +383,7 @@ def goodput(settings: Settings, args) -> dict:
     finally:
         record["end"] = time.time()
         record["iterations"] = int(model.optimizer.iterations.numpy())
-        if step_ends:
-            record["first_step_end"] = step_ends[0]
-            record["last_step_end"] = step_ends[-1]
-            gaps = np.diff(step_ends[1:])  # the first gap may hold a retrace
-            record["step_seconds"] = float(np.median(gaps)) if len(gaps) else float("nan")
-            record["step_ends"] = step_ends  # for reading a run's work dir (--keep-work)
+        record["step_ends"] = step_ends
         with open(timeline, "a") as file:
             file.write(json.dumps(record) + "\n")
     return {}
