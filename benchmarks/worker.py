@@ -33,6 +33,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras
 import numpy as np
 import psutil
+import tensorflow as tf
 
 import ftharness.keras
 from benchmarks.settings import Settings
@@ -56,6 +57,22 @@ def make_data(settings: Settings, steps: int) -> tuple[np.ndarray, np.ndarray]:
     return x, x
 
 
+def input_pipeline(settings: Settings, data) -> tf.data.Dataset:
+    """The batches, in order, with tf.data's autotuning off.
+
+    With autotuning on, deleting an epoch's spent iterator (which Keras's
+    fit() does at the start of the next epoch, for numpy input as for a
+    dataset) stalls training 0.6-1.9 s at random epoch starts here, with or
+    without ftharness (TensorFlow 2.21, 2 cores; see docs/speed.md). That
+    is TensorFlow's cost, not a checkpoint's, and its randomness would
+    swamp the few per cent the benchmarks measure.
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    batches = tf.data.Dataset.from_tensor_slices(data).batch(settings.batch_size)
+    return batches.with_options(options)
+
+
 def state_bytes(model: keras.Model) -> int:
     variables = list(model.variables) + list(model.optimizer.variables)
     return int(sum(np.prod(v.shape) * np.dtype(v.dtype).itemsize for v in variables))
@@ -64,10 +81,8 @@ def state_bytes(model: keras.Model) -> int:
 def fit(model, settings: Settings, data, callbacks, epochs: int = 1) -> float:
     started = time.perf_counter()
     model.fit(
-        *data,
-        batch_size=settings.batch_size,
+        input_pipeline(settings, data),
         epochs=epochs,
-        shuffle=False,
         verbose=0,
         callbacks=callbacks,
     )
