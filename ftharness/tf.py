@@ -282,7 +282,7 @@ class TrainingCheckpoint:
 
     def preemption_requested(self) -> bool:
         """True once a stop signal arrived: save, then `exit_preempted()`."""
-        return self._session.flags.stop_signal is not None
+        return self._session.stopping
 
     def checkpoint_requested(self) -> bool:
         """True (once) when the supervisor asked for a checkpoint (SIGUSR1)."""

@@ -353,11 +353,11 @@ class BackupAndRestore(keras.callbacks.Callback):
         if (
             (at_epoch_end and self.save_freq == "epoch")
             or self._periodic_save_due()
-            or flags.stop_signal is not None
+            or self._session.stopping
             or flags.take_checkpoint_request()
         ):
             self._save()
-        if flags.stop_signal is not None:
+        if self._session.stopping:
             # Also when the signal came after the check above: the final
             # checkpoint holds this boundary's state and is committed (with any
             # write in flight) before the process exits.
@@ -383,7 +383,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         training, `async_save=False`) copies nothing: it writes straight from
         the variables' own memory (`state.capture_views`).
         """
-        final = self._session.flags.stop_signal is not None
+        final = self._session.stopping
         if final:
             self._settle_write_in_flight_for_final()
         else:
