@@ -21,7 +21,9 @@ class Settings:
     batch_size: int
     repeats: int  # final checkpoint, scaling, restore, memory
     save_interval: float  # seconds of training between periodic checkpoints
-    steady_repeats: int
+    steady_repeats: int  # steady state: rounds (one fit() per config each)
+    steady_intervals: int  # steady state: checkpoint intervals timed per fit()
+    overhead_repeats: int  # steady state: rounds of the callback's per-step cost
     restarts: int  # supervisor: restarts measured per round
     idle_seconds: float  # supervisor: CPU measured over this long
     goodput_seconds: float  # goodput: uninterrupted training time
@@ -47,7 +49,9 @@ FULL = Settings(
     batch_size=8,
     repeats=5,
     save_interval=10.0,
-    steady_repeats=4,
+    steady_repeats=5,
+    steady_intervals=2,
+    overhead_repeats=15,
     restarts=30,
     idle_seconds=10.0,
     goodput_seconds=30.0,
@@ -65,6 +69,8 @@ QUICK = Settings(
     repeats=1,
     save_interval=0.5,
     steady_repeats=1,
+    steady_intervals=2,
+    overhead_repeats=3,
     restarts=5,
     idle_seconds=1.0,
     goodput_seconds=3.0,

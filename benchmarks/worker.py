@@ -8,7 +8,7 @@ Modes:
                checkpoint is timed from outside); touches --ready when warm
   keras-save   time keras.callbacks.BackupAndRestore saves of the same model
   steady       training throughput: no checkpoints / ftharness / Keras's
-               callback, in interleaved segments of the same process
+               callback, in interleaved fit() calls of the same process
   memory       peak RSS around one checkpoint (or at the same steps without
                one) of a short training, in a fresh process
   goodput      a supervised training job; appends its own timestamps
@@ -26,6 +26,7 @@ import resource
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -117,19 +118,29 @@ class TouchAfter(keras.callbacks.Callback):
             self.path.write_text(str(time.time()))
 
 
-class TimedKerasBackup(keras.callbacks.BackupAndRestore):
-    """Keras's callback, each save timed. Dirty pages are flushed first
-    (untimed), so each save starts from the same clean disk as ours."""
+class KerasBackup(keras.callbacks.BackupAndRestore):
+    """Keras's callback, each save timed (and so counted). The backup stays
+    after fit() (`delete_checkpoint=False`): `keras_save` measures its size."""
 
     def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, delete_checkpoint=False, **kwargs)
         self.save_seconds: list[float] = []
+        self.save_ends: list[float] = []  # perf_counter()
 
     def _save_model(self) -> None:  # Keras's private save method: the thing measured
-        os.sync()
         started = time.perf_counter()
         super()._save_model()
-        self.save_seconds.append(time.perf_counter() - started)
+        self.save_ends.append(time.perf_counter())
+        self.save_seconds.append(self.save_ends[-1] - started)
+
+
+class FlushedKerasBackup(KerasBackup):
+    """Each save starts from the same clean disk as ours: dirty pages are
+    flushed first, untimed."""
+
+    def _save_model(self) -> None:
+        os.sync()
+        super()._save_model()
 
 
 class CommitLog(logging.Handler):
@@ -140,12 +151,14 @@ class CommitLog(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.INFO)
         self.names: list[str] = []
+        self.times: list[float] = []  # perf_counter() at each commit (logged right after it)
         logging.getLogger("ftharness.keras").addHandler(self)
 
     def emit(self, record: logging.LogRecord) -> None:
         match = re.match(r"checkpoint (ckpt-\d+) committed", record.getMessage())
         if match:
             self.names.append(match.group(1))
+            self.times.append(time.perf_counter())
 
 
 # -- modes -------------------------------------------------------------------
@@ -225,7 +238,7 @@ def final(settings: Settings, args) -> dict:
 def keras_save(settings: Settings, args) -> dict:
     model = build_model(settings)
     every = 3
-    callback = TimedKerasBackup(args.backup_dir, save_freq=every, delete_checkpoint=False)
+    callback = FlushedKerasBackup(args.backup_dir, save_freq=every)
     fit(model, settings, make_data(settings, every * (args.saves + 1)), [callback])
     written = sum(p.stat().st_size for p in Path(args.backup_dir).rglob("*") if p.is_file())
     # The first save is Keras's warm-up (h5py, file creation): not counted.
@@ -233,16 +246,22 @@ def keras_save(settings: Settings, args) -> dict:
 
 
 def steady(settings: Settings, args) -> dict:
-    """Segments of 1.5 checkpoint intervals, one checkpoint each, rotated."""
+    """Rounds of one fit() per config, each timed step by step over whole checkpoint intervals."""
     model = build_model(settings)
     warm = StepTimer()
     fit(model, settings, make_data(settings, 12), [warm])
     step = warm.median_step(skip=3)
     save_every = max(2, round(settings.save_interval / step))
-    # The checkpoint comes at 2/3 of the segment: its background write
-    # overlaps the last third, as it would overlap the next interval.
-    steps = save_every + save_every // 2
-    data = make_data(settings, steps)
+    intervals = settings.steady_intervals
+    # The first interval is lead-in: the fit()'s start and its first
+    # checkpoint, which makes the callback's snapshot buffers (done once per
+    # training job, not per checkpoint). The window then runs from just after
+    # that checkpoint to just after the last: `intervals` whole intervals,
+    # each with one stall and one background write, as in a long training.
+    # The step after it lets the window close before fit() ends: what
+    # on_train_end does (removing the backup) happens once per job too.
+    window = StepMarks(start=save_every, end=save_every * (intervals + 1))
+    data = make_data(settings, window.end + 1)
     work = Path(args.work)
     configs = args.configs.split(",")
     segments = []
@@ -250,20 +269,11 @@ def steady(settings: Settings, args) -> dict:
 
     def callbacks_for(config: str, directory: Path) -> list:
         if config == "none":
-            return []
+            return [window]
         if config == "keras":
-            return [
-                keras.callbacks.BackupAndRestore(
-                    str(directory), save_freq=save_every, delete_checkpoint=False
-                )
-            ]
-        return [
-            ftharness.keras.BackupAndRestore(
-                backup_dir=str(directory),
-                save_freq=save_every,
-                async_save=config == "ftharness",
-            )
-        ]
+            return [KerasBackup(str(directory), save_freq=save_every), window]
+        ours = ftharness.keras.BackupAndRestore(backup_dir=str(directory), save_freq=save_every)
+        return [ours, window]
 
     # One untimed segment of each first: the first fit() with a callback
     # traces and allocates what later ones reuse.
@@ -277,29 +287,84 @@ def steady(settings: Settings, args) -> dict:
             directory = work / f"{config}-{round_index}"
             directory.mkdir(parents=True)
             os.sync()  # each segment starts with no writeback pending
-            cpu_before = _cpu_seconds()
             committed_before = len(commits.names)
-            seconds = fit(model, settings, data, callbacks_for(config, directory))
+            callbacks = callbacks_for(config, directory)
+            fit(model, settings, data, callbacks)
+            # When each checkpoint's work ended: ftharness's commit (on its
+            # writer thread), the return of Keras's save (on the training thread).
+            ends = callbacks[0].save_ends if config == "keras" else commits.times[committed_before:]
             segments.append(
                 {
                     "config": config,
                     "round": round_index,
-                    "seconds": seconds,
-                    "cpu_seconds": _cpu_seconds() - cpu_before,
-                    "steps": steps,
-                    "checkpoints": len(commits.names)
-                    - committed_before
-                    + len(list(directory.glob("*.weights.h5"))),
+                    "marks": window.marks,
+                    "checkpoint_ends": ends,
                 }
             )
             shutil.rmtree(directory, ignore_errors=True)
     return {
         "step_seconds": step,
         "save_every": save_every,
-        "steps": steps,
+        "intervals": intervals,
         "state_bytes": state_bytes(model),
         "segments": segments,
+        "per_step_overhead": per_step_overhead(settings, work / "overhead"),
     }
+
+
+OVERHEAD_WIDTH, OVERHEAD_STEPS = 32, 400
+
+
+def per_step_overhead(settings: Settings, directory: Path) -> dict[str, list[float]]:
+    """CPU seconds per step of a tiny model's fit() without / with ftharness's
+    callback checkpointing nothing (`save_freq=False`), rounds interleaved.
+
+    What the callback costs every step (its batch hooks and the wrapper of
+    the train function) does not depend on the model's size; on a model
+    whose step takes a fraction of a millisecond it is a large, measurable
+    part of the step. The steady-state figure, which compares steps that
+    all carry it, adds it back.
+    """
+    tiny = replace(settings, width=OVERHEAD_WIDTH, depth=2)
+    model = build_model(tiny)
+    data = make_data(tiny, OVERHEAD_STEPS)
+    result: dict[str, list[float]] = {"none": [], "ftharness": []}
+    for round_index in range(settings.overhead_repeats + 1):  # the first round is warm-up
+        for config in ("none", "ftharness") if round_index % 2 else ("ftharness", "none"):
+            callbacks = []
+            if config == "ftharness":
+                callbacks = [
+                    ftharness.keras.BackupAndRestore(backup_dir=str(directory), save_freq=False)
+                ]
+            marks = StepMarks(start=1, end=OVERHEAD_STEPS - 1)  # the first step traces
+            fit(model, tiny, data, [*callbacks, marks])
+            if round_index:
+                result[config].append(
+                    (marks.marks[-1][1] - marks.marks[0][1]) / (len(marks.marks) - 1)
+                )
+            shutil.rmtree(directory, ignore_errors=True)
+    return result
+
+
+class StepMarks(keras.callbacks.Callback):
+    """perf_counter() and the process's CPU time at the start of steps `start` + 1 to `end` + 1.
+
+    Taken at batch begin: by then every callback's hooks of the step before
+    have run, a checkpoint taken at its end included, whatever the order of
+    the callbacks (ftharness's runs last, Keras's where it is listed).
+    """
+
+    def __init__(self, start: int, end: int) -> None:
+        super().__init__()
+        self.start, self.end = start, end
+        self.marks: list[tuple[float, float]] = []
+
+    def on_train_begin(self, logs=None) -> None:
+        self.marks = []
+
+    def on_train_batch_begin(self, batch, logs=None) -> None:
+        if self.start <= batch <= self.end:  # `batch` steps are done (one epoch)
+            self.marks.append((time.perf_counter(), _cpu_seconds()))
 
 
 def _cpu_seconds() -> float:
