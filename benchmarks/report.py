@@ -101,7 +101,7 @@ def write_results(
         parts += ["", f"## {heading}", "", text.strip()]
     analysis = path.parent / "ANALYSIS.md"
     if analysis.exists():
-        parts += ["", "## Why targets were not met", "", analysis.read_text().strip()]
+        parts += ["", "## Analysis (by hand)", "", analysis.read_text().strip()]
     if failures:
         parts += ["", "## Benchmarks that failed to run", ""]
         parts += [f"- **{name}**: {error}" for name, error in failures.items()]

@@ -7,6 +7,7 @@ import errno
 import mmap
 import os
 import resource
+import tracemalloc
 import zlib
 
 import numpy as np
@@ -132,17 +133,69 @@ def test_page_aligned_pieces_among_others_give_the_same_file(tmp_path, tail):
     assert (size, crc) == (len(data), crc_expected)
 
 
-def test_a_page_aligned_buffer_goes_to_the_disk_without_the_page_cache(tmp_path):
+def unaligned_view(size: int, seed: int = 4) -> memoryview:
+    """Memory that is not page-aligned, as a TensorFlow variable's buffer usually is."""
+    return memoryview(aligned_buffer(size + 64, seed)[64:])
+
+
+LARGE = PIECE_BYTES + 7 * DIRECT_ALIGNMENT + 123  # a partial last block
+
+
+@pytest.mark.parametrize(
+    "make_chunks",
+    [
+        pytest.param(lambda: [memoryview(aligned_buffer(LARGE))], id="page-aligned-memory"),
+        pytest.param(lambda: [unaligned_view(LARGE)], id="unaligned-memory"),
+        pytest.param(lambda: [bytes(unaligned_view(LARGE))], id="bytes"),
+        pytest.param(
+            lambda: [
+                b"head",
+                memoryview(aligned_buffer(LARGE)),
+                b"t" * 5000,
+                unaligned_view(LARGE),
+            ],
+            id="mixed",
+        ),
+        pytest.param(
+            lambda: [memoryview(np.full(300, n, dtype=np.float32)) for n in range(3000)],
+            id="many-small-arrays",
+        ),
+    ],
+)
+def test_a_large_file_goes_to_the_disk_without_the_page_cache(tmp_path, make_chunks):
     if not direct_io_works(tmp_path):
         pytest.skip("this file system refuses O_DIRECT")
-    big = aligned_buffer(PIECE_BYTES + 7 * DIRECT_ALIGNMENT)
-    written = tmp_path / "direct.bin"
-    write_durable(written, [memoryview(big)])
-    buffered = tmp_path / "buffered.bin"
-    write_durable(buffered, [bytes(big)])  # bytes: never page-aligned memory
-    pages = len(big) // mmap.PAGESIZE
-    # The 8 MiB piece went straight to the disk; the 7-page rest, under
-    # DIRECT_MIN_BYTES, through the page cache.
-    assert resident_pages(written) == 7
-    assert resident_pages(buffered) == pages  # what the page cache would have held
-    assert written.read_bytes() == buffered.read_bytes()
+    chunks = make_chunks()
+    path = tmp_path / "file.bin"
+    size, crc = write_durable(path, chunks)
+    data, crc_expected = expected(chunks)
+    assert (size, crc) == (len(data), crc_expected)
+    # Only the partial last block, if any, went through the page cache.
+    assert resident_pages(path) == (1 if size % DIRECT_ALIGNMENT else 0)
+    assert path.read_bytes() == data
+
+
+def test_a_small_file_goes_through_the_page_cache(tmp_path):
+    chunks = [b"{}", memoryview(np.arange(2000, dtype=np.int64))]
+    path = tmp_path / "small.json"
+    write_durable(path, chunks)
+    assert resident_pages(path) == -(-path.stat().st_size // mmap.PAGESIZE)
+    assert path.read_bytes() == expected(chunks)[0]
+
+
+@pytest.mark.parametrize(("memory", "copied"), [("page-aligned", False), ("unaligned", True)])
+def test_only_memory_out_of_line_with_the_file_is_copied(tmp_path, memory, copied):
+    """A periodic snapshot's page-aligned buffer is written from its own memory;
+    anything else through the 8 MiB staging buffer (traced by tracemalloc,
+    which sees NumPy's allocations)."""
+    if not direct_io_works(tmp_path):
+        pytest.skip("this file system refuses O_DIRECT")
+    size = 2 * PIECE_BYTES  # whole blocks: no partial last block to stage
+    view = memoryview(aligned_buffer(size)) if memory == "page-aligned" else unaligned_view(size)
+    tracemalloc.start()
+    try:
+        write_durable(tmp_path / "file.bin", [view])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (peak >= PIECE_BYTES) is copied
