@@ -2,7 +2,7 @@
 
 Run them all with one command from the repository root:
 
-    .venv/bin/python -m benchmarks            # ~35 minutes, writes benchmarks/RESULTS.md
+    .venv/bin/python -m benchmarks            # ~30 minutes, writes benchmarks/RESULTS.md
     .venv/bin/python -m benchmarks --quick    # small sizes: a smoke test, ~1 minute
 
 Every figure is a ratio of two things measured side by side in the same run,
