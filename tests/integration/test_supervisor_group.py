@@ -245,9 +245,13 @@ def test_one_chief_holds_the_lease_a_second_is_refused_and_non_chiefs_need_none(
         name="non-chief", env={"TF_CONFIG": tf_config(1)},
     )  # fmt: skip
     assert other.wait(60) == ExitCode.FINISHED, other.log
+    # The chief uploads step 10 in the background; the stop comes after it
+    # (else only the final step 12 would be uploaded, as the newest).
+    backup = RemoteCheckpointStore(backup_url)
+    wait_for(lambda: [ref.step for ref in backup.list_committed()] == [10], 60, "step 10's upload")
     first.process.send_signal(signal.SIGTERM)
     assert first.wait(60) == ExitCode.PREEMPTED, first.log
-    assert [ref.step for ref in RemoteCheckpointStore(backup_url).list_committed()] == [10, 12]
+    assert [ref.step for ref in backup.list_committed()] == [10, 12]
 
 
 # -- a non-chief's stop: the chief uploads, the non-chief waits for it --------------

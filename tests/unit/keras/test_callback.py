@@ -157,12 +157,18 @@ def test_signal_handlers_and_the_lock_are_given_back_when_fit_raises(tmp_path, e
 
 
 def test_ctrl_c_raises_keyboard_interrupt_again_after_a_failed_fit(tmp_path):
-    with pytest.raises(RuntimeError):
-        fit(small_model(), [BackupAndRestore(tmp_path / "b"), RaiseAt(2, RuntimeError())])
-    with pytest.raises(KeyboardInterrupt):
-        os.kill(os.getpid(), signal.SIGINT)
-        signal.sigtimedwait([], 0.5)  # let the handler run: Python runs it between bytecodes
-        raise AssertionError("SIGINT did not raise KeyboardInterrupt")
+    # Python's own Ctrl-C before fit(), whatever an earlier test in this
+    # process left (once in CI, under pytest-xdist, it was not).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(RuntimeError):
+            fit(small_model(), [BackupAndRestore(tmp_path / "b"), RaiseAt(2, RuntimeError())])
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            signal.sigtimedwait([], 0.5)  # let the handler run: Python runs it between bytecodes
+            raise AssertionError("SIGINT did not raise KeyboardInterrupt")
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class FailsAtStep(keras.layers.Layer):
