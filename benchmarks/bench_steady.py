@@ -77,7 +77,9 @@ def run(ctx: Context) -> list[Row]:
     every, intervals = result["save_every"], result["intervals"]
     fits: dict[int, dict[str, Fit]] = {}
     for segment in result["segments"]:
-        fits.setdefault(segment["round"], {})[segment["config"]] = _fit(segment, every, intervals)
+        fits.setdefault(segment["round"], {})[segment["config"]] = fit_of_record(
+            segment, every, intervals
+        )
     rounds = list(fits.values())
     for fits_of_round in rounds:  # the control skips what ftharness's writes did
         none = fits_of_round["none"]
@@ -192,7 +194,8 @@ def run(ctx: Context) -> list[Row]:
     return rows
 
 
-def _fit(segment: dict, every: int, intervals: int) -> Fit:
+def fit_of_record(segment: dict, every: int, intervals: int) -> Fit:
+    """One fit()'s record from the worker, checked and cut into its intervals."""
     config, marks = segment["config"], np.array(segment["marks"], dtype=float)
     if len(marks) != every * intervals + 1:
         raise RuntimeError(f"{config}: {len(marks)} step marks, not {every * intervals + 1}")

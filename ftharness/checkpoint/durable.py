@@ -157,12 +157,12 @@ class _DirectSink:
         self._stage(piece)
 
     def finish(self) -> None:
-        if self._held is not None:  # a small file
-            for start in range(0, len(self._held), _IOV_MAX):
-                group = self._held[start : start + _IOV_MAX]
-                _write_all(self._fd, group, self.size)
-                self.size += sum(len(view) for view in group)
-            self._held = []
+        if self._held is not None:  # a small file: the page cache's way
+            small = _BufferedSink(self._fd)
+            for view in self._held:
+                small.write(view)
+            small.finish()
+            self.size, self._held = small.size, []
             return
         if not self._staged:
             return

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.bench_steady import Fit, _fit
+from benchmarks.bench_steady import Fit, fit_of_record
 
 EVERY, INTERVALS = 10, 2
 
@@ -34,12 +34,12 @@ def test_busy_steps_are_those_begun_before_the_commit():
     # Interval k begins at wall second 10 k; its write commits 2.5 s in (3
     # steps began before), the next one 0.5 s in (1 step).
     record = segment("ftharness", interval(3) + interval(1), checkpoint_ends=[2.5, 10.5, 30.0])
-    assert _fit(record, EVERY, INTERVALS).busy_steps == [3, 1]
+    assert fit_of_record(record, EVERY, INTERVALS).busy_steps == [3, 1]
 
 
 def test_within_interval_ratio_is_the_untouched_rate_over_the_actual():
     record = segment("ftharness", interval(2) * INTERVALS, checkpoint_ends=[1.5, 11.5, 30.0])
-    fit = _fit(record, EVERY, INTERVALS)
+    fit = fit_of_record(record, EVERY, INTERVALS)
     actual = sum(interval(2))
     assert fit.within("cpu") == pytest.approx(EVERY * 0.1 / actual)
     assert fit.within("wall") == pytest.approx(1.0)  # every step took 1 s of wall time
@@ -49,7 +49,7 @@ def test_within_interval_ratio_is_the_untouched_rate_over_the_actual():
 
 def test_the_control_on_steady_steps_reads_one():
     record = segment("none", [0.1] * (EVERY * INTERVALS))
-    none = _fit(record, EVERY, INTERVALS)
+    none = fit_of_record(record, EVERY, INTERVALS)
     control = Fit(none.wall, none.cpu, busy_steps=[3, 2])
     assert control.within("cpu") == pytest.approx(1.0)
 
@@ -58,7 +58,7 @@ def test_a_slow_write_fails_the_estimate_rather_than_flattering_it():
     # A write still running at the interval's last step leaves no untouched step.
     record = segment("ftharness", interval(2) * INTERVALS, checkpoint_ends=[9.5, 11.5, 30.0])
     with pytest.raises(RuntimeError, match="a write lasted a whole interval"):
-        _fit(record, EVERY, INTERVALS)
+        fit_of_record(record, EVERY, INTERVALS)
 
 
 @pytest.mark.parametrize(
@@ -70,4 +70,4 @@ def test_a_slow_write_fails_the_estimate_rather_than_flattering_it():
 )
 def test_a_record_of_the_wrong_shape_is_refused(config, steps, ends, message):
     with pytest.raises(RuntimeError, match=message):
-        _fit(segment(config, [0.1] * steps, ends), EVERY, INTERVALS)
+        fit_of_record(segment(config, [0.1] * steps, ends), EVERY, INTERVALS)
